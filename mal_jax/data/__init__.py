@@ -1,0 +1,1 @@
+"""Datasets: embedded procedural scenes, KITTI raw, Cityscapes, instance masks, tf.data."""

@@ -1,0 +1,1 @@
+"""Flax (linen, NHWC) networks of ManyDepth: ResNet encoders, the matching encoder, decoders."""

@@ -1,0 +1,150 @@
+"""The six ManyDepth networks as one container of pure functions over a variables tree.
+
+Variables are ``{"params": {net: ...}, "batch_stats": {net: ...}}`` with ``net`` one of the six
+names a ManyDepth checkpoint folder uses (encoder, depth, mono_encoder, mono_depth,
+pose_encoder, pose). Every call takes ``train`` per network so that a frozen teacher and pose
+network keep their BatchNorm on running averages while the student trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from mal_jax.models.decoders import DepthDecoder, PoseDecoder
+from mal_jax.models.matching import MatchingEncoder
+from mal_jax.models.resnet import ResnetEncoder
+
+NETWORK_NAMES = ("encoder", "depth", "mono_encoder", "mono_depth", "pose_encoder", "pose")
+
+
+def _net_variables(variables: dict, net: str) -> dict:
+    out = {"params": variables["params"][net]}
+    stats = variables.get("batch_stats", {}).get(net)
+    if stats:
+        out["batch_stats"] = stats
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ManyDepth:
+    """Static architecture description plus apply helpers.
+
+    Attributes:
+      num_layers: ResNet depth of the matching encoder (18 or 50).
+      mono_num_layers: ResNet depth of the teacher encoder (the reference always uses 18).
+      num_depth_bins: cost-volume depth hypotheses (paper: 96).
+      inverse_depth_bins: bins linear in inverse depth instead of depth (paper: linear).
+      scales: disparity scales the decoders output (paper: 0..3).
+    """
+
+    num_layers: int = 18
+    mono_num_layers: int = 18
+    num_depth_bins: int = 96
+    inverse_depth_bins: bool = False
+    scales: tuple[int, ...] = (0, 1, 2, 3)
+
+    @property
+    def encoder(self) -> MatchingEncoder:
+        return MatchingEncoder(self.num_layers, self.num_depth_bins, self.inverse_depth_bins)
+
+    @property
+    def depth(self) -> DepthDecoder:
+        return DepthDecoder(self.scales)
+
+    @property
+    def mono_encoder(self) -> ResnetEncoder:
+        return ResnetEncoder(self.mono_num_layers, 1)
+
+    @property
+    def mono_depth(self) -> DepthDecoder:
+        return DepthDecoder(self.scales)
+
+    @property
+    def pose_encoder(self) -> ResnetEncoder:
+        return ResnetEncoder(18, 2)
+
+    @property
+    def pose_decoder(self) -> PoseDecoder:
+        return PoseDecoder(2)
+
+    def init(self, rng: jax.Array, height: int, width: int) -> dict:
+        """Fresh variables (He-normal convolutions are flax's default lecun; see convert for
+        ImageNet initialisation)."""
+        if height % 32 or width % 32:
+            raise ValueError(f"height and width must be multiples of 32, got {height}x{width}")
+        keys = jax.random.split(rng, 6)
+        image = jnp.zeros((1, height, width, 3), jnp.float32)
+        eye = jnp.eye(4)[None]
+        K = jnp.broadcast_to(eye, (1, 4, 4))
+        enc = self.encoder.init(keys[0], image, image[:, None], eye[:, None], K, K, 0.1, 10.0,
+                                train=False)
+        feats = self.encoder.apply(enc, image, image[:, None], eye[:, None], K, K, 0.1, 10.0,
+                                   train=False)[0]
+        mono = self.mono_encoder.init(keys[2], image, train=False)
+        mono_feats = self.mono_encoder.apply(mono, image, train=False)
+        pose_enc = self.pose_encoder.init(keys[4], jnp.concatenate([image, image], -1),
+                                          train=False)
+        pose_feats = self.pose_encoder.apply(pose_enc, jnp.concatenate([image, image], -1),
+                                             train=False)
+        trees = {
+            "encoder": enc,
+            "depth": self.depth.init(keys[1], feats),
+            "mono_encoder": mono,
+            "mono_depth": self.mono_depth.init(keys[3], mono_feats),
+            "pose_encoder": pose_enc,
+            "pose": self.pose_decoder.init(keys[5], pose_feats[-1]),
+        }
+        return {
+            "params": {net: tree["params"] for net, tree in trees.items()},
+            "batch_stats": {net: tree.get("batch_stats", {}) for net, tree in trees.items()},
+        }
+
+    # Each apply helper returns its outputs and the network's (possibly updated) statistics.
+
+    def _apply(self, module, variables, net, train, *args):
+        if train:
+            out, updates = module.apply(_net_variables(variables, net), *args, train=True,
+                                        mutable=["batch_stats"])
+            return out, updates["batch_stats"]
+        out = module.apply(_net_variables(variables, net), *args, train=False)
+        return out, variables["batch_stats"][net]
+
+    def pose(self, variables, frame_before, frame_after, train: bool):
+        """Pose of the pair (earlier frame, later frame): axis-angle and translation (B, 3)."""
+        feats, stats = self._apply(self.pose_encoder, variables, "pose_encoder", train,
+                                   jnp.concatenate([frame_before, frame_after], axis=-1))
+        axisangle, translation = self.pose_decoder.apply(
+            {"params": variables["params"]["pose"]}, feats[-1])
+        return (axisangle, translation), stats
+
+    def teacher(self, variables, image, train: bool):
+        """Single-frame disparities ``{scale: (B, h, w, 1)}`` and the teacher features."""
+        feats, stats = self._apply(self.mono_encoder, variables, "mono_encoder", train, image)
+        disps = self.mono_depth.apply({"params": variables["params"]["mono_depth"]}, feats)
+        return (disps, feats), stats
+
+    def multi_frame(self, variables, image, lookup_images, lookup_poses, K, inv_K,
+                    min_depth_bin, max_depth_bin, train: bool):
+        """Multi-frame disparities, lowest-cost disparity and confidence mask (1/4 res).
+
+        ``K``/``inv_K`` are the intrinsics at scale 2 (the cost volume's resolution).
+        """
+        (feats, lowest_cost, confidence), stats = self._apply(
+            self.encoder, variables, "encoder", train, image, lookup_images, lookup_poses, K,
+            inv_K, min_depth_bin, max_depth_bin)
+        disps = self.depth.apply({"params": variables["params"]["depth"]}, feats)
+        return (disps, feats, lowest_cost, confidence), stats
+
+
+def with_batch_stats(variables: dict, net: str, stats) -> dict:
+    """``variables`` with one network's statistics replaced (no mutation)."""
+    batch_stats = dict(variables["batch_stats"])
+    batch_stats[net] = stats
+    return {**variables, "batch_stats": batch_stats}
+
+
+def parameter_count(params) -> int:
+    return int(sum(leaf.size for leaf in jax.tree.leaves(params)))
