@@ -112,6 +112,16 @@ def convert_network(net: str, state_dict: Mapping[str, np.ndarray], abstract: di
                     source: str = "") -> dict:
     """One network's ``{"params": ..., "batch_stats": ...}`` from its torch state_dict."""
     source = source or f"{net}.pth"
+    if net.endswith("encoder"):
+        expected = 50 if "conv3" in abstract["params"][net]["layer1"]["0"] else 18
+        found = _guess_depth(state_dict)
+        if found != expected:
+            marker = ("layer1.1.0.conv3.weight" if net == "encoder"
+                      else "encoder.layer1.0.conv3.weight")
+            raise CheckpointMismatch(
+                f"{source}: checkpoint is a ResNet-{found} (key {marker!r} "
+                f"{'present' if found == 50 else 'absent'}) but the model is a ResNet-{expected}; "
+                "set num_layers accordingly")
     out = {}
     used = set()
     for collection in ("params", "batch_stats"):
@@ -249,3 +259,16 @@ def init_from_torchvision(variables: dict, state_dict: Mapping[str, np.ndarray],
     if all(layers != depth for layers in (model.num_layers, model.mono_num_layers, 18)):
         raise CheckpointMismatch(f"{source}: a ResNet-{depth} state_dict fits none of the encoders")
     return new
+
+
+def to_state_dict(net: str, variables: dict) -> dict[str, np.ndarray]:
+    """The torch state_dict (numpy arrays) of one network: the converter's inverse."""
+    out = {}
+    for collection in ("params", "batch_stats"):
+        tree = variables[collection].get(net, {})
+        for path, value in flax.traverse_util.flatten_dict(tree).items():
+            value = np.asarray(value)
+            if path[-1] == "kernel":
+                value = np.transpose(value, (3, 2, 0, 1))
+            out[torch_key(net, path)] = value
+    return out

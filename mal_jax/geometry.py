@@ -1,0 +1,217 @@
+"""Camera geometry and image warping for self-supervised depth (NHWC, batched, jittable).
+
+Numerically follows ManyDepth's ``layers.py`` (disparity scaling, axis-angle poses,
+back-projection, projection to normalised pixel coordinates) and torch's
+``F.grid_sample(..., mode="bilinear", align_corners=True)`` for both ``border`` and ``zeros``
+padding, gradients included.
+
+Conventions: ``K`` and ``inv_K`` are (B, 4, 4) pixel intrinsics of the image being warped,
+``T`` is (B, 4, 4) taking points from the target camera to the source camera, pixel grids are
+(B, H, W, 2) with x (column) first, normalised so -1 and +1 are the centres of the first and
+last pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+# Small 4x4 and 3x3 products: ask for full float32 so accelerators do not drop to bf16/tf32,
+# which would move pixel coordinates by whole pixels at typical focal lengths.
+_EXACT = jax.lax.Precision.HIGHEST
+
+# The reference divides the rotation vector by (|v| + 1e-7) rather than |v|.
+_AXIS_EPS = 1e-7
+
+Padding = Literal["border", "zeros"]
+
+
+def disp_to_depth(
+    disp: jax.Array, min_depth: float, max_depth: float
+) -> tuple[jax.Array, jax.Array]:
+    """Map a sigmoid output in [0, 1] linearly onto disparities [1/max_depth, 1/min_depth].
+
+    Returns ``(scaled_disp, depth)`` with ``depth = 1 / scaled_disp``.
+    """
+    min_disp = 1.0 / max_depth
+    max_disp = 1.0 / min_depth
+    scaled_disp = min_disp + (max_disp - min_disp) * disp
+    return scaled_disp, 1.0 / scaled_disp
+
+
+def _safe_norm(vec: jax.Array) -> jax.Array:
+    """Euclidean norm over the last axis (kept), with torch's zero gradient at the origin."""
+    squared = jnp.sum(vec * vec, axis=-1, keepdims=True)
+    positive = squared > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def rot_from_axisangle(axisangle: jax.Array) -> jax.Array:
+    """Rodrigues rotation of a (..., 3) axis-angle vector, as a (..., 4, 4) homogeneous matrix."""
+    if axisangle.shape[-1] != 3:
+        raise ValueError(f"rot_from_axisangle: last axis must be 3, got shape {axisangle.shape}")
+    angle = _safe_norm(axisangle)
+    axis = axisangle / (angle + _AXIS_EPS)
+    cos_a = jnp.cos(angle)[..., 0]
+    sin_a = jnp.sin(angle)[..., 0]
+    one_minus_cos = 1.0 - cos_a
+    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
+    x_c, y_c, z_c = x * one_minus_cos, y * one_minus_cos, z * one_minus_cos
+    xy_c, yz_c, zx_c = x * y_c, y * z_c, z * x_c
+    x_s, y_s, z_s = x * sin_a, y * sin_a, z * sin_a
+    zero = jnp.zeros_like(x)
+    one = jnp.ones_like(x)
+    rows = (
+        (x * x_c + cos_a, xy_c - z_s, zx_c + y_s, zero),
+        (xy_c + z_s, y * y_c + cos_a, yz_c - x_s, zero),
+        (zx_c - y_s, yz_c + x_s, z * z_c + cos_a, zero),
+        (zero, zero, zero, one),
+    )
+    return jnp.stack([jnp.stack(row, axis=-1) for row in rows], axis=-2)
+
+
+def translation_matrix(translation: jax.Array) -> jax.Array:
+    """(..., 3) translation vector as a (..., 4, 4) homogeneous matrix."""
+    if translation.shape[-1] != 3:
+        raise ValueError(f"translation_matrix: last axis must be 3, got shape {translation.shape}")
+    eye = jnp.broadcast_to(jnp.eye(4, dtype=translation.dtype), translation.shape[:-1] + (4, 4))
+    return eye.at[..., :3, 3].set(translation)
+
+
+def transformation_from_parameters(
+    axisangle: jax.Array, translation: jax.Array, invert: bool = False
+) -> jax.Array:
+    """Pose-net output ((..., 3) axis-angle, (..., 3) translation) as a (..., 4, 4) matrix.
+
+    ``invert=False`` gives ``T(t) @ R``; ``invert=True`` gives the exact inverse
+    ``R^T @ T(-t)``. The reference feeds ``axisangle[:, 0]`` of shape (B, 1, 3); pass
+    ``axisangle[:, 0, 0]`` of shape (B, 3) here to get (B, 4, 4).
+    """
+    rotation = rot_from_axisangle(axisangle)
+    if invert:
+        rotation = jnp.swapaxes(rotation, -1, -2)
+        return jnp.matmul(rotation, translation_matrix(-translation), precision=_EXACT)
+    return jnp.matmul(translation_matrix(translation), rotation, precision=_EXACT)
+
+
+def pixel_grid(height: int, width: int, dtype=jnp.float32) -> jax.Array:
+    """(H, W, 3) homogeneous pixel coordinates (x, y, 1) of the pixel centres."""
+    ys, xs = jnp.meshgrid(
+        jnp.arange(height, dtype=dtype), jnp.arange(width, dtype=dtype), indexing="ij"
+    )
+    return jnp.stack([xs, ys, jnp.ones_like(xs)], axis=-1)
+
+
+def backproject_depth(depth: jax.Array, inv_K: jax.Array) -> jax.Array:
+    """Lift a depth map (B, H, W) or (B, H, W, 1) to homogeneous camera points (B, H, W, 4)."""
+    if depth.ndim == 4:
+        if depth.shape[-1] != 1:
+            raise ValueError(f"backproject_depth: depth must have 1 channel, got {depth.shape}")
+        depth = depth[..., 0]
+    if depth.ndim != 3:
+        raise ValueError(f"backproject_depth: depth must be (B,H,W[,1]), got {depth.shape}")
+    _, height, width = depth.shape
+    rays = jnp.einsum(
+        "bij,hwj->bhwi", inv_K[:, :3, :3], pixel_grid(height, width, depth.dtype), precision=_EXACT
+    )
+    points = depth[..., None] * rays
+    return jnp.concatenate([points, jnp.ones_like(points[..., :1])], axis=-1)
+
+
+def project_points(points: jax.Array, K: jax.Array, T: jax.Array, eps: float = 1e-7) -> jax.Array:
+    """Project homogeneous points (B, H, W, 4) through ``K @ T`` to a grid_sample grid.
+
+    Returns (B, H, W, 2), x first, scaled so pixel 0 maps to -1 and pixel W-1 (H-1) to +1.
+    Like the reference, ``eps`` is added to z (not clamped), so points behind the camera
+    land on the far side of the image rather than being rejected.
+    """
+    _, height, width, _ = points.shape
+    projection = jnp.matmul(K, T, precision=_EXACT)[:, :3, :]
+    cam = jnp.einsum("bij,bhwj->bhwi", projection, points, precision=_EXACT)
+    pix = cam[..., :2] / (cam[..., 2:3] + eps)
+    scale = jnp.asarray([width - 1, height - 1], dtype=pix.dtype)
+    return (pix / scale - 0.5) * 2.0
+
+
+def _unnormalise(coord: jax.Array, size: int, padding: Padding) -> jax.Array:
+    """Normalised coordinate to pixel units, clipped into a NaN/overflow-safe range.
+
+    For border padding, positions at or beyond the edge are clamped with the gradient stopped,
+    as torch treats the border itself as outside for the gradient. For zeros padding, anything
+    below -1 or above ``size`` already has all four taps outside, so clamping to [-2, size + 1]
+    changes no value and keeps ``floor`` and the int cast in range.
+    """
+    pixel = (coord + 1.0) * (0.5 * (size - 1))
+    # NaN coordinates (e.g. 0/0 in a projection) are treated as far outside the image.
+    pixel = jnp.where(jnp.isnan(pixel), -2.0, pixel)
+    if padding == "border":
+        inside = (pixel > 0) & (pixel < size - 1)
+        clamped = jax.lax.stop_gradient(jnp.clip(pixel, 0.0, size - 1.0))
+        return jnp.where(inside, pixel, clamped)
+    return jnp.clip(pixel, -2.0, size + 1.0)
+
+
+def grid_sample(image: jax.Array, grid: jax.Array, padding: Padding = "border") -> jax.Array:
+    """Bilinear sampling of ``image`` (B, H, W, C) at ``grid`` (B, Ho, Wo, 2) in [-1, 1].
+
+    Equal to torch ``F.grid_sample(mode="bilinear", align_corners=True)`` with
+    ``padding_mode`` ``"border"`` or ``"zeros"``, in value and in the gradients with respect
+    to image and grid. Implemented as four gathers over the flattened H*W axis.
+    """
+    if padding not in ("border", "zeros"):
+        raise ValueError(f"grid_sample: padding must be 'border' or 'zeros', got {padding!r}")
+    if image.ndim != 4 or grid.ndim != 4 or grid.shape[-1] != 2:
+        raise ValueError(
+            f"grid_sample: need image (B,H,W,C) and grid (B,Ho,Wo,2), got {image.shape}, "
+            f"{grid.shape}"
+        )
+    if image.shape[0] != grid.shape[0]:
+        raise ValueError(f"grid_sample: batch mismatch {image.shape[0]} vs {grid.shape[0]}")
+    batch, height, width, channels = image.shape
+    _, out_h, out_w, _ = grid.shape
+
+    x = _unnormalise(grid[..., 0], width, padding)
+    y = _unnormalise(grid[..., 1], height, padding)
+    x0 = jax.lax.stop_gradient(jnp.floor(x))
+    y0 = jax.lax.stop_gradient(jnp.floor(y))
+    x1 = x0 + 1.0
+    y1 = y0 + 1.0
+    # Weights in torch's form (distance to the opposite corner) for bit-closeness.
+    taps = (
+        (x0, y0, (x1 - x) * (y1 - y)),
+        (x1, y0, (x - x0) * (y1 - y)),
+        (x0, y1, (x1 - x) * (y - y0)),
+        (x1, y1, (x - x0) * (y - y0)),
+    )
+    flat = image.reshape(batch, height * width, channels)
+    out = None
+    for tap_x, tap_y, weight in taps:
+        valid = (tap_x >= 0) & (tap_x <= width - 1) & (tap_y >= 0) & (tap_y <= height - 1)
+        col = jnp.clip(tap_x, 0, width - 1).astype(jnp.int32)
+        row = jnp.clip(tap_y, 0, height - 1).astype(jnp.int32)
+        index = (row * width + col).reshape(batch, out_h * out_w, 1)
+        values = jnp.take_along_axis(flat, index, axis=1, mode="promise_in_bounds")
+        weight = jnp.where(valid, weight, 0.0).reshape(batch, out_h * out_w, 1)
+        contribution = values * weight.astype(image.dtype)
+        out = contribution if out is None else out + contribution
+    return out.reshape(batch, out_h, out_w, channels)
+
+
+def warp_frame(
+    image: jax.Array,
+    depth: jax.Array,
+    T: jax.Array,
+    K: jax.Array,
+    inv_K: jax.Array,
+    padding: Padding = "border",
+) -> tuple[jax.Array, jax.Array]:
+    """Resample a source ``image`` into the target view given target ``depth`` and pose ``T``.
+
+    Returns ``(warped (B, H, W, C), pix_coords (B, H, W, 2))``; ``depth`` is at the target
+    resolution and ``K``/``inv_K`` are the intrinsics at that resolution.
+    """
+    points = backproject_depth(depth, inv_K)
+    pix_coords = project_points(points, K, T)
+    return grid_sample(image, pix_coords, padding), pix_coords

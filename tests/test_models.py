@@ -1,0 +1,123 @@
+"""Networks: parameter counts against the reference, shapes, torch BatchNorm semantics."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mal_jax.models.layers import TorchBatchNorm
+from mal_jax.models.manydepth import NETWORK_NAMES, ManyDepth, parameter_count
+
+# Trainable parameters of the reference networks (torch ``parameters()``), ResNet-18, 96 bins.
+REFERENCE_COUNTS = {
+    "encoder": 11_269_776,
+    "depth": 3_152_724,
+    "mono_encoder": 11_689_512,
+    "mono_depth": 3_152_724,
+    "pose_encoder": 11_698_920,
+    "pose": 1_314_572,
+}
+# Reference parameters that never take part in the computation, so the port leaves them out:
+# the matching encoder's prematching_conv (64*16 + 16) and torchvision's fc (512*1000 + 1000).
+UNUSED_IN_REFERENCE = {"encoder": 1_040, "mono_encoder": 513_000, "pose_encoder": 513_000}
+
+
+@pytest.fixture(scope="module")
+def variables():
+    return jax.jit(lambda rng: ManyDepth().init(rng, 64, 96))(jax.random.key(0))
+
+
+def test_parameter_counts_pinned_and_equal_to_reference(variables):
+    ours = {net: parameter_count(variables["params"][net]) for net in NETWORK_NAMES}
+    assert ours == {
+        "encoder": 11_268_736,
+        "depth": 3_152_724,
+        "mono_encoder": 11_176_512,
+        "mono_depth": 3_152_724,
+        "pose_encoder": 11_185_920,
+        "pose": 1_314_572,
+    }
+    for net in NETWORK_NAMES:
+        assert ours[net] + UNUSED_IN_REFERENCE.get(net, 0) == REFERENCE_COUNTS[net], net
+
+
+def test_reference_counts_match_golden_weights(golden):
+    for net, expected in REFERENCE_COUNTS.items():
+        state = golden.state_dict(net)
+        count = sum(v.size for k, v in state.items()
+                    if not k.endswith(("running_mean", "running_var")))
+        assert count == expected, net
+
+
+def test_resnet50_encoder_counts():
+    model = ManyDepth(num_layers=50)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), 64, 64))
+    # torchvision ResNet-50 without fc (23,508,032) + reduce_conv (256 + 96 -> 256, 3x3).
+    reduce_conv = (256 + 96) * 256 * 9 + 256
+    assert parameter_count(abstract["params"]["encoder"]) == 23_508_032 + reduce_conv
+    kernel = abstract["params"]["depth"]["upconv_4_0"]["conv"]["conv"]["kernel"]
+    assert kernel.shape == (3, 3, 2048, 256)
+
+
+def test_output_shapes_and_dtypes(variables):
+    model = ManyDepth()
+    image = jnp.full((2, 64, 96, 3), 0.5)
+    (disps, feats), _ = model.teacher(variables, image, train=False)
+    chex.assert_shape([disps[s] for s in range(4)],
+                      [(2, 64 // 2**s, 96 // 2**s, 1) for s in range(4)])
+    chex.assert_type(list(disps.values()), jnp.float32)
+    chex.assert_shape(feats, [(2, 32, 48, 64), (2, 16, 24, 64), (2, 8, 12, 128), (2, 4, 6, 256),
+                              (2, 2, 3, 512)])
+    (axisangle, translation), _ = model.pose(variables, image, image, train=False)
+    chex.assert_shape([axisangle, translation], [(2, 2, 1, 3)] * 2)
+    K = jnp.broadcast_to(jnp.array([[20.0, 0, 24, 0], [0, 20, 16, 0], [0, 0, 1, 0],
+                                    [0, 0, 0, 1]]), (2, 4, 4))
+    poses = jnp.broadcast_to(jnp.eye(4), (2, 3, 4, 4))
+    (disps, _, lowest, confidence), _ = model.multi_frame(
+        variables, image, jnp.stack([image] * 3, 1), poses, K, jnp.linalg.inv(K), 0.1, 10.0,
+        train=False)
+    chex.assert_shape([lowest, confidence], [(2, 16, 24)] * 2)
+    chex.assert_shape(disps[0], (2, 64, 96, 1))
+
+
+def test_sigmoid_disparities_in_unit_interval(variables):
+    image = jax.random.uniform(jax.random.key(1), (1, 64, 96, 3))
+    (disps, _), _ = ManyDepth().teacher(variables, image, train=False)
+    for disp in disps.values():
+        assert float(disp.min()) > 0.0 and float(disp.max()) < 1.0
+
+
+def test_torch_batchnorm_semantics_hand_computed():
+    x = jnp.array([1.0, 2.0, 3.0, 6.0]).reshape(1, 2, 2, 1)
+    bn = TorchBatchNorm()
+    variables = bn.init(jax.random.key(0), x, train=True)
+    # init must not move the statistics (torch does not run a forward at construction).
+    np.testing.assert_allclose(variables["batch_stats"]["mean"], [0.0])
+    np.testing.assert_allclose(variables["batch_stats"]["var"], [1.0])
+    out, updates = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    mean, biased, unbiased = 3.0, 3.5, 14.0 / 3.0
+    np.testing.assert_allclose(out.ravel(), (np.array([1, 2, 3, 6]) - mean)
+                               / np.sqrt(biased + 1e-5), rtol=1e-6)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], [0.1 * mean], rtol=1e-6)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], [0.9 + 0.1 * unbiased], rtol=1e-6)
+    # Eval mode normalises with the running statistics.
+    evaluated = bn.apply({**variables, **updates}, x, train=False)
+    expected = (np.array([1, 2, 3, 6]) - 0.3) / np.sqrt(0.9 + 0.1 * unbiased + 1e-5)
+    np.testing.assert_allclose(evaluated.ravel(), expected, rtol=1e-6)
+
+
+def test_missing_lookup_frame_gives_zero_confidence(variables):
+    model = ManyDepth()
+    image = jax.random.uniform(jax.random.key(2), (1, 64, 96, 3))
+    K = jnp.array([[[40.0, 0, 12, 0], [0, 40, 8, 0], [0, 0, 1, 0], [0, 0, 0, 1]]])
+    pose = jnp.eye(4).at[0, 3].set(0.02)[None, None]  # < 1 px shift at every bin
+
+    @jax.jit
+    def confidence(lookup_pose):
+        return model.multi_frame(variables, image, image[:, None], lookup_pose, K,
+                                 jnp.linalg.inv(K), 1.0, 10.0, train=False)[0][3]
+
+    outs = {"present": confidence(pose), "missing": confidence(jnp.zeros_like(pose))}
+    assert float(outs["missing"].sum()) == 0.0
+    assert float(outs["present"].sum()) > 0.0
