@@ -174,28 +174,38 @@ def grid_sample(image: jax.Array, grid: jax.Array, padding: Padding = "border") 
 
     x = _unnormalise(grid[..., 0], width, padding)
     y = _unnormalise(grid[..., 1], height, padding)
-    x0 = jax.lax.stop_gradient(jnp.floor(x))
-    y0 = jax.lax.stop_gradient(jnp.floor(y))
-    x1 = x0 + 1.0
-    y1 = y0 + 1.0
-    # Weights in torch's form (distance to the opposite corner) for bit-closeness.
-    taps = (
-        (x0, y0, (x1 - x) * (y1 - y)),
-        (x1, y0, (x - x0) * (y1 - y)),
-        (x0, y1, (x1 - x) * (y - y0)),
-        (x1, y1, (x - x0) * (y - y0)),
-    )
-    flat = image.reshape(batch, height * width, channels)
+    # The image gets a one-pixel frame (zeros, or edge copies for border padding), so every tap
+    # index is in range and out-of-image taps read the padding value without a validity mask.
+    mode = "constant" if padding == "zeros" else "edge"
+    padded = jnp.pad(image, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode)
+    # Two extra channels carry each padded pixel's own (x, y) coordinate. The weights below are
+    # computed from the coordinates *gathered with the values*, not from a second floor():
+    # XLA's CPU backend may recompute x in several fusions with different rounding, and floor
+    # would then disagree between index and weight by a whole pixel. With gathered coordinates
+    # an off-by-one index near an integer x just moves the same weight to the same pixel.
+    xs = jnp.arange(-1, width + 1, dtype=image.dtype)
+    ys = jnp.arange(-1, height + 1, dtype=image.dtype)
+    coords = jnp.stack(jnp.broadcast_arrays(xs[None, :], ys[:, None]), axis=-1)
+    coords = jnp.broadcast_to(coords[None], (batch, height + 2, width + 2, 2))
+    source = jnp.concatenate([padded, coords], axis=-1).reshape(
+        batch, (height + 2) * (width + 2), channels + 2)
+    col0 = jax.lax.stop_gradient(jnp.floor(x)).astype(jnp.int32) + 1
+    row0 = jax.lax.stop_gradient(jnp.floor(y)).astype(jnp.int32) + 1
     out = None
-    for tap_x, tap_y, weight in taps:
-        valid = (tap_x >= 0) & (tap_x <= width - 1) & (tap_y >= 0) & (tap_y <= height - 1)
-        col = jnp.clip(tap_x, 0, width - 1).astype(jnp.int32)
-        row = jnp.clip(tap_y, 0, height - 1).astype(jnp.int32)
-        index = (row * width + col).reshape(batch, out_h * out_w, 1)
-        values = jnp.take_along_axis(flat, index, axis=1, mode="promise_in_bounds")
-        weight = jnp.where(valid, weight, 0.0).reshape(batch, out_h * out_w, 1)
-        contribution = values * weight.astype(image.dtype)
-        out = contribution if out is None else out + contribution
+    for d_row in (0, 1):
+        for d_col in (0, 1):
+            col = jnp.clip(col0 + d_col, 0, width + 1)
+            row = jnp.clip(row0 + d_row, 0, height + 1)
+            index = (row * (width + 2) + col).reshape(batch, out_h * out_w, 1)
+            tap = jnp.take_along_axis(source, index, axis=1, mode="promise_in_bounds")
+            tap = tap.reshape(batch, out_h, out_w, channels + 2)
+            tap_x = jax.lax.stop_gradient(tap[..., channels])
+            tap_y = jax.lax.stop_gradient(tap[..., channels + 1])
+            # torch's weights: (x1 - x) for the low tap, (x - x0) for the high one.
+            weight_x = tap_x + 1.0 - x if d_col == 0 else x - tap_x + 1.0
+            weight_y = tap_y + 1.0 - y if d_row == 0 else y - tap_y + 1.0
+            contribution = tap[..., :channels] * (weight_x * weight_y)[..., None]
+            out = contribution if out is None else out + contribution
     return out.reshape(batch, out_h, out_w, channels)
 
 

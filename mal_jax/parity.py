@@ -244,6 +244,17 @@ def _unmatched(ctx: Context, prefix: str, matched: int) -> list[Check]:
     return [Check("unmatched", np.inf, np.inf, False, f"{total - matched} golden arrays unmatched")]
 
 
+def _mal_group(name: str) -> Callable[[Context], list[Check]]:
+    """A group of ``mal_jax.parity_mal``, imported on first use (it imports this module)."""
+
+    def run_group(ctx: Context) -> list[Check]:
+        from mal_jax import parity_mal
+
+        return getattr(parity_mal, name)(ctx)
+
+    return run_group
+
+
 # Group name -> (golden keys it needs, function). Order is the printing order.
 GROUPS: dict[str, tuple[str, Callable[[Context], list[Check]] | None]] = {
     "eval/teacher": ("eval/mono_disp/0", group_eval_teacher),
@@ -256,10 +267,10 @@ GROUPS: dict[str, tuple[str, Callable[[Context], list[Check]] | None]] = {
     "train/outputs": ("train/disp/0", group_train_outputs),
     "grad": ("grad/", group_gradients),
     "bn": ("train/bn_after/", group_running_stats),
-    "mal/synthesis": ("mal/syn_last/replace=0", None),
-    "mal/teacher_loss": ("mal/mono_loss", None),
-    "mal/distillation": ("mal/main_losses/loss", None),
-    "mal/loss_balance": ("mal/loss_balance/weights", None),
+    "mal/synthesis": ("mal/syn_last/replace=0", _mal_group("group_synthesis")),
+    "mal/teacher_loss": ("mal/mono_loss", _mal_group("group_teacher_loss")),
+    "mal/distillation": ("mal/main_losses/loss", _mal_group("group_distillation")),
+    "mal/loss_balance": ("mal/loss_balance/weights", _mal_group("group_loss_balance")),
 }
 
 

@@ -12,9 +12,11 @@ def test_parity_command_passes_every_checked_group(golden):
     print(text)
     lines = text.strip().splitlines()
     assert ok, text
-    assert lines[-1].startswith("parity: ") and lines[-1].endswith("PASS")
+    assert lines[-1].startswith("parity: 14 groups checked, 0 not checked")
+    assert lines[-1].endswith("PASS")
     for group in ("eval/teacher", "eval/pose", "eval/multi", "eval/cost_volume", "geo", "photo",
-                  "train/losses", "train/outputs", "grad", "bn"):
+                  "train/losses", "train/outputs", "grad", "bn", "mal/synthesis",
+                  "mal/teacher_loss", "mal/distillation", "mal/loss_balance"):
         (line,) = [x for x in lines if x.startswith(group + " ")]
         assert line.endswith("PASS"), line
 

@@ -1,0 +1,141 @@
+"""MAL's balancing of the original loss against the distillation loss, as pure functions.
+
+MAL weighs its two training losses with the multi-loss rebalancing rule of Lee et al.
+("Multi-Loss Rebalancing Algorithm for Monocular Depth Estimation", ECCV 2020), updated after
+every training step from the running mean of both losses over the current epoch:
+
+* first update: each weight becomes ``total / (n * mean_k)`` with ``total = sum_k w_k mean_k``
+  under the starting weights 1/n, so both weighted losses start equal;
+* later updates: ``w_k *= clip(1 + lam * ((total / prev_total) * (prev_mean_k / mean_k) - 1),
+  1/2, 2)`` (skipped while ``prev_total <= 0``), where ``prev_*`` are the values recorded at
+  the previous update; a loss that falls more slowly than the total gains weight when
+  ``lam > 0``;
+* ``lam`` follows ``max(start + slope * epoch, floor)`` (3, -1.5 and -3 in the reference).
+
+The means are over the steps of the current epoch so far, restarting with each epoch (the
+reference indexes its record table by the step within the epoch, so a new epoch overwrites it
+from row 0 and averages only its own rows). The weights applied to a step's loss are those
+from before that step's update, and they are constants to the gradient.
+
+Everything lives in :class:`BalanceState`, a pytree of arrays that a jitted train step can
+carry and a checkpoint can store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+# Bounds of the per-update multiplicative change of a weight.
+MIN_ADJUST, MAX_ADJUST = 0.5, 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LambdaSchedule:
+    """The adjustment strength per epoch: ``max(start + slope * epoch, floor)``."""
+
+    start: float = 3.0
+    slope: float = -1.5
+    floor: float = -3.0
+
+    def at(self, epoch) -> jax.Array:
+        """Lambda for a (0-based) epoch; jittable in ``epoch``."""
+        return jnp.maximum(self.start + self.slope * jnp.asarray(epoch, jnp.float32), self.floor)
+
+
+@struct.dataclass
+class BalanceState:
+    """Loss weights and what the next update needs.
+
+    weights: (n,) weights applied to the next step's losses.
+    previous_mean, previous_total: (n,) epoch means and the weighted total recorded at the last
+      update (after that update's weights).
+    epoch_sum, epoch_count: running sum of the observed losses and the number of steps in the
+      current epoch.
+    initialized: whether the first (initialising) update has happened.
+    """
+
+    weights: jax.Array
+    previous_mean: jax.Array
+    previous_total: jax.Array
+    epoch_sum: jax.Array
+    epoch_count: jax.Array
+    initialized: jax.Array
+
+
+def init_balance(num_losses: int = 2) -> BalanceState:
+    """Equal weights 1/n and an empty record."""
+    if num_losses < 1:
+        raise ValueError(f"init_balance: num_losses must be >= 1, got {num_losses}")
+    zeros = jnp.zeros((num_losses,), jnp.float32)
+    return BalanceState(
+        weights=jnp.full((num_losses,), 1.0 / num_losses, jnp.float32),
+        previous_mean=zeros,
+        previous_total=jnp.zeros((), jnp.float32),
+        epoch_sum=zeros,
+        epoch_count=jnp.zeros((), jnp.int32),
+        initialized=jnp.zeros((), bool),
+    )
+
+
+def balanced_loss(state: BalanceState, losses: jax.Array, scale=1.0) -> jax.Array:
+    """``scale * sum_k w_k losses_k`` with the weights held constant for the gradient.
+
+    ``scale`` is where the reference's batch-size factor goes (it adds the weighted sum once
+    per batch element); 1 leaves the loss on the scale of its parts.
+    """
+    losses = jnp.asarray(losses)
+    if losses.shape != state.weights.shape:
+        raise ValueError(
+            f"balanced_loss: losses shape {losses.shape} != weights shape {state.weights.shape}"
+        )
+    return scale * jnp.sum(jax.lax.stop_gradient(state.weights) * losses)
+
+
+def _first_weights(state: BalanceState, mean: jax.Array, total: jax.Array) -> jax.Array:
+    share = 1.0 / state.weights.shape[0]
+    return total * share / mean
+
+
+def _adjusted_weights(
+    state: BalanceState, mean: jax.Array, total: jax.Array, adjust_lambda: jax.Array
+) -> jax.Array:
+    ratio = (total / state.previous_total) * (state.previous_mean / mean)
+    adjust = jnp.clip(1.0 + adjust_lambda * (ratio - 1.0), MIN_ADJUST, MAX_ADJUST)
+    return jnp.where(state.previous_total > 0, state.weights * adjust, state.weights)
+
+
+def update_balance(
+    state: BalanceState, losses: jax.Array, step_in_epoch, adjust_lambda
+) -> BalanceState:
+    """Record one step's (n,) losses and update the weights, as the reference after each step.
+
+    ``step_in_epoch`` (0-based) restarts the running means at 0; ``adjust_lambda`` is
+    ``LambdaSchedule().at(epoch)``. The losses are observations: no gradient flows.
+    """
+    losses = jax.lax.stop_gradient(jnp.asarray(losses, jnp.float32))
+    if losses.shape != state.weights.shape:
+        raise ValueError(
+            f"update_balance: losses shape {losses.shape} != weights shape {state.weights.shape}"
+        )
+    new_epoch = jnp.asarray(step_in_epoch) == 0
+    epoch_sum = jnp.where(new_epoch, 0.0, state.epoch_sum) + losses
+    epoch_count = jnp.where(new_epoch, 0, state.epoch_count) + 1
+    mean = epoch_sum / epoch_count
+    total = jnp.sum(mean * state.weights)
+    weights = jnp.where(
+        state.initialized,
+        _adjusted_weights(state, mean, total, jnp.asarray(adjust_lambda)),
+        _first_weights(state, mean, total),
+    )
+    return BalanceState(
+        weights=weights,
+        previous_mean=mean,
+        previous_total=jnp.sum(mean * weights),
+        epoch_sum=epoch_sum,
+        epoch_count=epoch_count,
+        initialized=jnp.ones((), bool),
+    )

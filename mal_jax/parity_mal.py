@@ -1,0 +1,232 @@
+"""Golden parity groups of MAL (``mal/*`` arrays of the golden file), for ``mal_jax.parity``.
+
+Each group is ``fn(ctx) -> list[Check]`` over a ``parity.Context``:
+
+* ``mal/synthesis``: linear-motion synthesis for both ``replace`` settings, bit-exact.
+* ``mal/teacher_loss``: the teacher loss at scale 0 with ``mal/syn_input/<f>`` as the two
+  temporal-hint candidates, and its per-pixel minimum reprojection.
+* ``mal/distillation``: the ensemble's minimum reprojection, and the student loss with the
+  distillation hint with and without the ensemble candidate (the golden student loss has no
+  temporal hints of its own).
+* ``mal/loss_balance``: the weights after each update of the golden loss sequence.
+
+The distillation loss picks, per pixel, the candidate with the lowest reprojection error.
+Reprojection errors carry ~1e-5 of float32 noise (pixel coordinates of ~300 px in float32
+move a bilinear sample by ~1e-6), and at a few hundred near-tied pixels that noise flips the
+choice, moving the loss by up to ~1e-3 relative (on the 96x320 fixture the distillation loss
+spans +-1.5e-3 over the choices at pixels whose errors are within 3e-6). So ``distil_loss``
+passes when the reference value lies within the range the loss can take by re-deciding the
+pixels whose candidates are within ``TIE_TOLERANCE`` of each other (widened by the loss
+tolerance), or within the loss tolerance itself; the printed error is the plain difference.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mal_jax import distillation, loss_balance, mal_objective, objective
+from mal_jax.golden import nchw_to_nhwc
+from mal_jax.parity import Check, compare_abs, compare_rel
+from mal_jax.temporal_hints import synthesize_linear_motion
+
+LOSS_TOL = 1e-4
+MAP_TOL = 1e-4
+WEIGHT_TOL = 1e-5
+# Reprojection-error differences below this are treated as undecided ties: about the median
+# float32 discrepancy between the port's and the reference's error maps (2e-6; 1% of pixels
+# differ by more than 1.6e-5, so the range is on the strict side).
+TIE_TOLERANCE = 3e-6
+# The golden balancing run: lambda 3 for the first 8 updates, then 1.5, one running record.
+BALANCE_LAMBDAS = (3.0, 1.5)
+BALANCE_SWITCH_STEP = 8
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _chw_to_hwc(array: np.ndarray) -> np.ndarray:
+    return np.transpose(array, (1, 2, 0))
+
+
+def group_synthesis(ctx) -> list[Check]:
+    g = ctx.golden
+    checks = []
+    for replace in (0, 1):
+        syn_last, syn_next = jax.jit(synthesize_linear_motion, static_argnames="replace")(
+            _chw_to_hwc(g["mal/img_last"]),
+            _chw_to_hwc(g["mal/img_next"]),
+            g["mal/mask_last"],
+            g["mal/mask_next"],
+            jnp.ones(g["mal/mask_last"].shape[0], bool),
+            replace=bool(replace),
+        )
+        for name, ours in (("syn_last", syn_last), ("syn_next", syn_next)):
+            key = f"mal/{name}/replace={replace}"
+            checks.append(compare_abs(key[4:], ours, _chw_to_hwc(g[key]), 0.0))
+    return checks
+
+
+def _mal_terms(ctx) -> dict:
+    """Everything the MAL groups compare, computed once per context from its train outputs."""
+    if ctx in _CACHE:
+        return _CACHE[ctx]
+    g = ctx.golden
+    outputs = ctx.train_outputs()[1]
+    syn = tuple(jnp.asarray(nchw_to_nhwc(g[f"mal/syn_input/{f}"])) for f in (-1, 1))
+    settings = objective.LossSettings(tie_break_noise=False)
+
+    def compute(outputs, batch, syn):
+        golden_hints = lambda warped, coords: syn  # noqa: E731
+        _, teacher, teacher_error = mal_objective.teacher_loss(
+            outputs, batch, settings, (0,), golden_hints
+        )
+        ensemble_disp = distillation.ensemble_disparity(outputs["mono_disp"][0], outputs["disp"][0])
+        ensemble_error = distillation.ensemble_reprojection(
+            batch["frames"],
+            ensemble_disp,
+            outputs["cam_T_cam"],
+            batch["K"][:, 0],
+            batch["inv_K"][:, 0],
+            settings.min_depth,
+            settings.max_depth,
+        )
+        _, student = mal_objective.student_loss(
+            outputs, batch, settings, (0,), None, teacher_error, ensemble_error
+        )
+        _, student_no_ens = mal_objective.student_loss(
+            outputs, batch, settings, (0,), None, teacher_error, None
+        )
+        student_error = mal_objective.min_reprojection(
+            batch["frames"],
+            outputs["depth"][0],
+            outputs["cam_T_cam"],
+            batch["K"][:, 0],
+            batch["inv_K"][:, 0],
+            None,
+        )
+        return {
+            "teacher": teacher,
+            "teacher_error": teacher_error,
+            "ensemble_error": ensemble_error,
+            "student": student,
+            "student_no_ens": student_no_ens,
+            "student_error": student_error,
+        }
+
+    terms = jax.device_get(jax.jit(compute)(outputs, ctx.batch, syn))
+    terms["trusted"] = np.asarray(outputs["consistency_mask"]) * (
+        1.0 - np.asarray(outputs["augmentation_mask"])[:, None, None, None]
+    )
+    terms["teacher_depth"] = np.asarray(outputs["mono_depth"][0])
+    terms["student_depth"] = np.asarray(outputs["depth"][0])
+    _CACHE[ctx] = terms
+    return terms
+
+
+def group_teacher_loss(ctx) -> list[Check]:
+    g, terms = ctx.golden, _mal_terms(ctx)
+    return [
+        compare_rel("mono_loss", terms["teacher"]["loss"], g["mal/mono_loss"], LOSS_TOL),
+        compare_abs(
+            "mono_reproj_min",
+            terms["teacher_error"],
+            nchw_to_nhwc(g["mal/mono_reproj_min"]),
+            MAP_TOL,
+        ),
+    ]
+
+
+def distillation_range(
+    errors: list[np.ndarray],
+    depths: list[np.ndarray],
+    student_depth: np.ndarray,
+    trusted: np.ndarray,
+    tie_tolerance: float,
+) -> tuple[float, float]:
+    """Smallest and largest distillation loss over all choices among near-tied candidates.
+
+    A candidate is admissible at a pixel when its error is within ``tie_tolerance`` of the
+    lowest; each pixel contributes independently to the mean, so the extremes are sums of
+    per-pixel extremes.
+    """
+    errors = np.concatenate(errors, axis=-1).astype(np.float64)
+    contributions = (
+        np.abs(np.concatenate(depths, axis=-1).astype(np.float64) - student_depth) * trusted
+    )
+    admissible = errors <= errors.min(axis=-1, keepdims=True) + tie_tolerance
+    low = np.where(admissible, contributions, np.inf).min(axis=-1)
+    high = np.where(admissible, contributions, -np.inf).max(axis=-1)
+    return float(low.mean()), float(high.mean())
+
+
+def _check_distil(name: str, ours, ref, low: float, high: float) -> Check:
+    check = compare_rel(name, ours, ref, LOSS_TOL)
+    ref = float(ref)
+    inside = low * (1 - LOSS_TOL) <= ref <= high * (1 + LOSS_TOL)
+    check.ok = check.ok or inside
+    check.detail = f"reference {ref:.7g} vs tie range [{low:.7g}, {high:.7g}]"
+    return check
+
+
+def group_distillation(ctx) -> list[Check]:
+    g, t = ctx.golden, _mal_terms(ctx)
+    checks = [
+        compare_abs(
+            "ensemble_reproj", t["ensemble_error"], nchw_to_nhwc(g["mal/ensemble_reproj"]), MAP_TOL
+        )
+    ]
+    teacher, student = t["teacher_depth"], t["student_depth"]
+    for prefix, parts, errors, depths in (
+        (
+            "main_losses",
+            t["student"],
+            [t["teacher_error"], t["ensemble_error"], t["student_error"]],
+            [teacher, (teacher + student) / 2.0, student],
+        ),
+        (
+            "main_losses_no_ens",
+            t["student_no_ens"],
+            [t["teacher_error"], t["student_error"]],
+            [teacher, student],
+        ),
+    ):
+        low, high = distillation_range(errors, depths, student, t["trusted"], TIE_TOLERANCE)
+        for key in g.keys(f"mal/{prefix}/"):
+            name = key[len(f"mal/{prefix}/") :]
+            label = f"{prefix}/{name}"
+            if name == "distil_loss":
+                checks.append(_check_distil(label, parts[name], g[key], low, high))
+            elif name not in parts:
+                checks.append(Check(label, np.inf, np.inf, False, "not computed"))
+            else:
+                checks.append(compare_rel(label, parts[name], g[key], LOSS_TOL))
+    return checks
+
+
+def balance_weights(
+    sequence: np.ndarray, lambdas=BALANCE_LAMBDAS, switch_step: int = BALANCE_SWITCH_STEP
+) -> np.ndarray:
+    """Weights after each update for a (steps, 2) loss sequence fed as one running record."""
+
+    def step(state, inputs):
+        index, losses = inputs
+        lam = jnp.where(index < switch_step, lambdas[0], lambdas[1])
+        state = loss_balance.update_balance(state, losses, index, lam)
+        return state, state.weights
+
+    indices = jnp.arange(sequence.shape[0])
+    _, weights = jax.lax.scan(
+        step,
+        loss_balance.init_balance(sequence.shape[1]),
+        (indices, jnp.asarray(sequence, jnp.float32)),
+    )
+    return np.asarray(weights)
+
+
+def group_loss_balance(ctx) -> list[Check]:
+    g = ctx.golden
+    weights = balance_weights(g["mal/loss_balance/sequence"])
+    return [compare_abs("weights", weights, g["mal/loss_balance/weights"], WEIGHT_TOL)]

@@ -1,0 +1,382 @@
+"""MAL losses: golden parity of the teacher loss, distillation and loss balancing (on the
+fixture's stored network outputs, so no network runs here), hand-computed distillation and
+balancing cases, and the ManyDepth equivalence when no object is matched."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mal_jax import distillation, geometry, loss_balance, mal_objective, objective, parity_mal
+from mal_jax.golden import nchw_to_nhwc
+
+MIN_DEPTH, MAX_DEPTH = 0.1, 100.0
+SETTINGS = objective.LossSettings(tie_break_noise=False)
+
+
+# ---------------------------------------------------------------- golden parity
+
+
+def _golden_outputs(golden) -> dict:
+    """The fixture's training-mode network outputs at full resolution, in ``train_forward``'s
+    layout."""
+    height, width = golden.image_size
+    out = {"mono_disp": {}, "disp": {}, "mono_depth": {}, "depth": {}}
+    for scale in (0,):
+        for key, depth_key in (("mono_disp", "mono_depth"), ("disp", "depth")):
+            disp = jnp.asarray(nchw_to_nhwc(golden[f"train/{key}/{scale}"]))
+            out[key][scale] = disp
+            full = objective.upsample_bilinear(disp, height, width)
+            out[depth_key][scale] = geometry.disp_to_depth(full, MIN_DEPTH, MAX_DEPTH)[1]
+    out["cam_T_cam"] = {f: jnp.asarray(golden[f"train/cam_T_cam/{f}"]) for f in (-1, 1)}
+    out["consistency_mask"] = jnp.asarray(golden["train/consistency_mask"])[..., None]
+    out["augmentation_mask"] = jnp.zeros((golden.batch_size,), jnp.float32)
+    return out
+
+
+def _golden_batch(golden) -> dict:
+    frames = jnp.stack(
+        [jnp.asarray(nchw_to_nhwc(golden[f"in/color/{f}"])) for f in (-1, 0, 1)], axis=1
+    )
+    K = jnp.stack([jnp.asarray(golden[f"in/K/{s}"]) for s in range(4)], axis=1)
+    return {"frames": frames, "frames_aug": frames, "K": K, "inv_K": jnp.linalg.inv(K)}
+
+
+class _StoredOutputsContext:
+    """A stand-in for ``parity.Context`` whose train outputs are the fixture's own."""
+
+    def __init__(self, golden):
+        self.golden = golden
+        self.batch = _golden_batch(golden)
+        self._outputs = _golden_outputs(golden)
+
+    def train_outputs(self):
+        return None, self._outputs, None, None
+
+
+@pytest.fixture(scope="module")
+def golden_ctx(golden):
+    return _StoredOutputsContext(golden)
+
+
+@pytest.mark.parametrize(
+    "group", ["group_synthesis", "group_teacher_loss", "group_distillation", "group_loss_balance"]
+)
+def test_golden_mal_groups(golden_ctx, group):
+    checks = getattr(parity_mal, group)(golden_ctx)
+    assert checks
+    failed = [(c.name, c.max_abs, c.rel, c.detail) for c in checks if not c.ok]
+    assert not failed, failed
+
+
+def test_golden_distillation_values(golden_ctx):
+    """The composition, value by value: student entries to 1e-5; the distillation loss to
+    1e-3, as near-tied candidates may flip with float32 noise (see ``parity_mal``); and the
+    ensemble candidate changes it."""
+    g = golden_ctx.golden
+    terms = parity_mal._mal_terms(golden_ctx)
+    for name in ("reproj_loss/0", "consistency_loss/0", "loss/0", "loss"):
+        np.testing.assert_allclose(terms["student"][name], g[f"mal/main_losses/{name}"], rtol=1e-5)
+    # The loss the reference reports includes the distillation loss.
+    np.testing.assert_allclose(
+        terms["student"]["loss"] - terms["student"]["original_loss"],
+        terms["student"]["distil_loss"],
+        rtol=0,
+        atol=1e-7,
+    )
+    np.testing.assert_allclose(
+        terms["student"]["distil_loss"], g["mal/main_losses/distil_loss"], rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        terms["student_no_ens"]["distil_loss"], g["mal/main_losses_no_ens/distil_loss"], rtol=1e-3
+    )
+    assert terms["student"]["distil_loss"] != terms["student_no_ens"]["distil_loss"]
+
+
+def test_golden_teacher_loss_is_smaller_with_extra_candidates(golden_ctx):
+    """More candidates can only lower the per-pixel minimum (up to XLA's rounding of the
+    warped candidates, computed in another compilation)."""
+    terms = parity_mal._mal_terms(golden_ctx)
+    outputs = golden_ctx.train_outputs()[1]
+    _, plain, plain_error = jax.jit(lambda o, b: mal_objective.teacher_loss(o, b, SETTINGS))(
+        outputs, golden_ctx.batch
+    )
+    assert np.all(terms["teacher_error"] <= plain_error * (1 + 2e-5))
+    assert np.mean(terms["teacher_error"] < plain_error - 1e-3) > 0.01
+    assert terms["teacher"]["reproj_loss/0"] != plain["reproj_loss/0"]
+
+
+# ---------------------------------------------------------------- distillation by hand
+
+
+def test_distillation_target_picks_lowest_error_candidate():
+    # Four pixels: teacher wins, ensemble wins, student wins, three-way tie (-> teacher).
+    teacher_err = jnp.asarray([0.1, 0.5, 0.5, 0.2]).reshape(1, 2, 2, 1)
+    ensemble_err = jnp.asarray([0.2, 0.1, 0.5, 0.2]).reshape(1, 2, 2, 1)
+    student_err = jnp.asarray([0.3, 0.3, 0.1, 0.2]).reshape(1, 2, 2, 1)
+    teacher = jnp.full((1, 2, 2, 1), 4.0)
+    student = jnp.full((1, 2, 2, 1), 2.0)
+    depths = distillation.candidate_depths(teacher, student)
+    target, choice = distillation.select_target((teacher_err, ensemble_err, student_err), depths)
+    np.testing.assert_array_equal(choice.ravel(), [0, 1, 2, 0])
+    np.testing.assert_array_equal(target.ravel(), [4.0, 3.0, 2.0, 4.0])
+
+    trusted = jnp.asarray([1.0, 1.0, 1.0, 0.0]).reshape(1, 2, 2, 1)
+    # |4-2| + |3-2| + 0 over 4 pixels, the untrusted tie left out.
+    loss, choice = distillation.distillation_hint(
+        teacher_err, student_err, teacher, student, trusted, ensemble_err
+    )
+    assert float(loss) == pytest.approx(3.0 / 4.0)
+
+    # Without the ensemble, pixel 1 falls to the student (0.3 < 0.5): only pixel 0 pulls.
+    loss, choice = distillation.distillation_hint(
+        teacher_err, student_err, teacher, student, trusted
+    )
+    np.testing.assert_array_equal(choice.ravel(), [0, 2, 2, 0])
+    assert float(loss) == pytest.approx(2.0 / 4.0)
+
+
+def test_distillation_gradients_follow_the_reference_detaches():
+    errors = (
+        jnp.asarray([0.1, 0.5, 0.5]).reshape(1, 1, 3, 1),
+        jnp.asarray([0.2, 0.1, 0.5]).reshape(1, 1, 3, 1),
+        jnp.asarray([0.3, 0.3, 0.1]).reshape(1, 1, 3, 1),
+    )
+    teacher = jnp.full((1, 1, 3, 1), 4.0)
+    trusted = jnp.ones((1, 1, 3, 1))
+
+    def loss(student, teacher):
+        return distillation.distillation_hint(
+            errors[0], errors[2], teacher, student, trusted, errors[1]
+        )[0]
+
+    student = jnp.full((1, 1, 3, 1), 2.0)
+    d_student, d_teacher = jax.grad(loss, argnums=(0, 1))(student, teacher)
+    # Teacher target: full pull; ensemble target (t + s) / 2 keeps the student's gradient,
+    # so half the pull; the student's own depth: nothing. The teacher never gets a gradient.
+    np.testing.assert_allclose(d_student.ravel(), [-1 / 3, -0.5 / 3, 0.0])
+    np.testing.assert_array_equal(d_teacher, 0.0)
+
+
+# ---------------------------------------------------------------- loss balancing by hand
+
+
+def test_balance_weights_hand_computed():
+    state = loss_balance.init_balance()
+    # Step 0 initialises: total = 0.5 * 0.4 + 0.5 * 0.1 = 0.25, w_k = total / (2 * mean_k).
+    state = loss_balance.update_balance(state, jnp.asarray([0.4, 0.1]), 0, 3.0)
+    np.testing.assert_allclose(state.weights, [0.3125, 1.25], rtol=1e-6)
+    np.testing.assert_allclose(state.previous_total, 0.25, rtol=1e-6)
+    # Step 1: means (0.3, 0.1); total = 0.3125 * 0.3 + 1.25 * 0.1 = 0.21875;
+    # adjust_0 = 1 + 1 * ((0.21875 / 0.25) * (0.4 / 0.3) - 1) = 1.1666..., adjust_1 = 0.875.
+    state = loss_balance.update_balance(state, jnp.asarray([0.2, 0.1]), 1, 1.0)
+    np.testing.assert_allclose(state.weights, [0.3125 * 7 / 6, 1.25 * 0.875], rtol=1e-6)
+    # Step 2 with lambda 3: means (0.3, 0.3); the distillation loss tripled, so its factor
+    # 1 + 3 * (ratio - 1) falls below 1/2 and is clipped; the other hits the clip at 2.
+    state = loss_balance.update_balance(state, jnp.asarray([0.3, 0.7]), 2, 3.0)
+    np.testing.assert_allclose(state.weights, [0.3125 * 7 / 6 * 2.0, 1.25 * 0.875 * 0.5], rtol=1e-6)
+    # A new epoch restarts the means: (0.3, 0.3) -> the step's own (0.6, 0.6).
+    before = state
+    state = loss_balance.update_balance(before, jnp.asarray([0.6, 0.6]), 0, 0.0)
+    np.testing.assert_allclose(state.previous_mean, [0.6, 0.6])
+    np.testing.assert_array_equal(state.weights, before.weights)  # lambda 0: unchanged
+
+
+def test_lambda_schedule_and_balanced_loss():
+    schedule = loss_balance.LambdaSchedule()
+    np.testing.assert_allclose([schedule.at(e) for e in range(6)], [3, 1.5, 0, -1.5, -3, -3])
+    state = loss_balance.init_balance()
+    losses = jnp.asarray([0.4, 0.1])
+    assert float(loss_balance.balanced_loss(state, losses, 4)) == pytest.approx(4 * 0.25)
+    grad = jax.grad(
+        lambda weights: loss_balance.balanced_loss(state.replace(weights=weights), losses)
+    )(state.weights)
+    np.testing.assert_array_equal(grad, 0.0)  # the weights are constants to the gradient
+    np.testing.assert_allclose(
+        jax.grad(lambda x: loss_balance.balanced_loss(state, x))(losses), state.weights
+    )
+
+
+def test_balance_state_in_jit_scan_matches_python_loop():
+    sequence = jnp.asarray([[0.4, 0.1], [0.35, 0.12], [0.3, 0.08], [0.32, 0.09]])
+    state = loss_balance.init_balance()
+    for step, losses in enumerate(sequence):
+        state = loss_balance.update_balance(state, losses, step, 3.0)
+    jitted = parity_mal.balance_weights(np.asarray(sequence), lambdas=(3.0, 3.0))
+    np.testing.assert_allclose(jitted[-1], state.weights, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- ManyDepth equivalence
+
+
+BATCH, HEIGHT, WIDTH, SLOTS = 2, 32, 64, 3
+
+
+def _synthetic(seed=0, with_object=False):
+    rng = np.random.default_rng(seed)
+    frames = rng.uniform(0, 1, (BATCH, 3, HEIGHT, WIDTH, 3)).astype(np.float32)
+    K = np.zeros((BATCH, 4, 4, 4), np.float32)
+    for s in range(4):
+        K[:, s] = np.diag([0.58 * WIDTH / 2**s, 1.92 * HEIGHT / 2**s, 1, 1])
+        K[:, s, :2, 2] = [0.5 * WIDTH / 2**s, 0.5 * HEIGHT / 2**s]
+    ids = np.zeros((BATCH, 3, HEIGHT, WIDTH), np.int32)
+    classes = np.full((BATCH, 3, SLOTS), -1, np.int32)
+    scores = np.zeros((BATCH, 3, SLOTS), np.float32)
+    if with_object:  # sample 0: one car moving right by 6 px per frame
+        for index, left in enumerate((10, 16, 22)):
+            ids[0, index, 8:20, left : left + 12] = 1
+        classes[0, :, 0], scores[0, :, 0] = 2, 0.95
+    batch = {
+        "frames": jnp.asarray(frames),
+        "frames_aug": jnp.asarray(frames),
+        "K": jnp.asarray(K),
+        "inv_K": jnp.linalg.inv(jnp.asarray(K)),
+        "instance_ids": jnp.asarray(ids),
+        "instance_class": jnp.asarray(classes),
+        "instance_score": jnp.asarray(scores),
+    }
+    out = {"mono_disp": {}, "disp": {}, "mono_depth": {}, "depth": {}}
+    for s in range(4):
+        for key, depth_key in (("mono_disp", "mono_depth"), ("disp", "depth")):
+            disp = rng.uniform(0.02, 0.3, (BATCH, HEIGHT // 2**s, WIDTH // 2**s, 1))
+            out[key][s] = jnp.asarray(disp, jnp.float32)
+            full = objective.upsample_bilinear(out[key][s], HEIGHT, WIDTH)
+            out[depth_key][s] = geometry.disp_to_depth(full, MIN_DEPTH, MAX_DEPTH)[1]
+    out["cam_T_cam"] = {
+        f: geometry.transformation_from_parameters(
+            jnp.asarray(rng.normal(0, 0.01, (BATCH, 3)), jnp.float32),
+            jnp.asarray([[0.0, 0.0, 0.3 * f]] * BATCH, jnp.float32),
+            invert=f < 0,
+        )
+        for f in (-1, 1)
+    }
+    out["consistency_mask"] = jnp.asarray(
+        rng.uniform(0, 1, (BATCH, HEIGHT, WIDTH, 1)) > 0.3, jnp.float32
+    )
+    out["augmentation_mask"] = jnp.asarray([0.0, 1.0])
+    return out, batch
+
+
+SCALE_0 = objective.LossSettings(scales=(0,), tie_break_noise=False)
+
+
+@jax.jit
+def _synthetic_terms(outputs, batch, state):
+    """Everything the synthetic-batch tests compare, in one compilation (shared
+    subexpressions of the variants are merged by XLA)."""
+    hints = mal_objective.instance_hints(batch, mal_objective.MAL_PRESET.hints)
+    _, teacher_hints, teacher_hints_error = mal_objective.teacher_loss(
+        outputs, batch, SCALE_0, hints=hints
+    )
+    _, teacher_plain, teacher_plain_error = mal_objective.teacher_loss(outputs, batch, SCALE_0)
+    _, student_hints = mal_objective.student_loss(outputs, batch, SCALE_0, hints=hints)
+    _, manydepth_teacher = objective.single_frame_loss(outputs, batch, SCALE_0)
+    _, manydepth_student = objective.multi_frame_loss(outputs, batch, SCALE_0)
+
+    preset = mal_objective.mal_loss(outputs, batch, mal_objective.MAL_PRESET, SETTINGS, state)[1]
+    # The switches' composition, without temporal hints to keep the compilation small.
+    variant = functools.partial(mal_objective.mal_loss, outputs, batch, loss_settings=SETTINGS)
+    no_hints = dict(temporal=False, main_temporal=False)
+    balanced = variant(settings=mal_objective.MalSettings(**no_hints), balance=state)[1]
+    factored = variant(
+        settings=mal_objective.MalSettings(balance_batch_factor=True, **no_hints), balance=state
+    )[1]
+    unbalanced = mal_objective.MalSettings(loss_balance=False, **no_hints)
+    return {
+        "teacher_hints": teacher_hints,
+        "teacher_hints_error": teacher_hints_error,
+        "teacher_plain": teacher_plain,
+        "teacher_plain_error": teacher_plain_error,
+        "student_hints": student_hints,
+        "manydepth_teacher": manydepth_teacher,
+        "manydepth_student": manydepth_student,
+        "preset": preset,
+        "balanced": balanced,
+        "factored": factored,
+        "unbalanced": variant(settings=unbalanced)[1],
+        "frozen": variant(settings=unbalanced, train_teacher=False)[1],
+    }
+
+
+def _balance_after_one_step():
+    state = loss_balance.init_balance()
+    return loss_balance.update_balance(state, jnp.asarray([0.5, 0.02]), 0, 3.0)
+
+
+@pytest.fixture(scope="module")
+def with_object():
+    return _synthetic_terms(*_synthetic(with_object=True), _balance_after_one_step())
+
+
+@pytest.fixture(scope="module")
+def without_object():
+    return _synthetic_terms(*_synthetic(with_object=False), _balance_after_one_step())
+
+
+def test_no_matched_object_gives_the_manydepth_loss(without_object):
+    t = without_object
+    # Teacher with temporal hints on vs off, and vs ManyDepth's own teacher loss: the hint
+    # frames duplicate the warped frames, so the per-pixel minima agree up to XLA's rounding
+    # of the recomputed duplicates (SSIM amplifies ulps to ~1e-5 on single pixels).
+    np.testing.assert_allclose(t["teacher_hints_error"], t["teacher_plain_error"], rtol=2e-5)
+    for name in ("reproj_loss/0", "loss/0", "loss"):
+        np.testing.assert_allclose(
+            t["teacher_hints"][name], t["teacher_plain"][name], rtol=1e-6, err_msg=name
+        )
+        np.testing.assert_allclose(
+            t["teacher_plain"][name], t["manydepth_teacher"][name], rtol=1e-6, err_msg=name
+        )
+    for name, value in t["manydepth_student"].items():
+        np.testing.assert_allclose(t["student_hints"][name], value, rtol=1e-6, err_msg=name)
+
+
+def test_temporal_hints_reach_the_loss_only_with_a_matched_object(with_object):
+    with_error = np.asarray(with_object["teacher_hints_error"])
+    plain_error = np.asarray(with_object["teacher_plain_error"])
+    # Sample 0 has a car in all three frames: its extra candidates lower the minimum where
+    # the moved car fits better; sample 1 has no object.
+    assert np.all(with_error <= plain_error * (1 + 2e-5))
+    assert np.mean(with_error[0] < plain_error[0] - 1e-3) > 0.01
+    np.testing.assert_allclose(with_error[1], plain_error[1], rtol=2e-5)
+    assert with_object["teacher_hints"]["loss"] < with_object["teacher_plain"]["loss"]
+
+
+def test_mal_loss_composition(with_object):
+    out, w = with_object, np.asarray(_balance_after_one_step().weights)
+    for parts in (out["preset"], out["balanced"]):
+        np.testing.assert_allclose(
+            parts["original_loss"], parts["student/loss"] + parts["teacher/loss"], rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            parts["loss"], w[0] * parts["original_loss"] + w[1] * parts["distil_loss"], rtol=1e-6
+        )
+        assert float(parts["distil_loss"]) > 0
+    # The student's own temporal hints change its error map, hence its loss.
+    assert out["preset"]["student/loss"] != out["balanced"]["student/loss"]
+    np.testing.assert_allclose(out["factored"]["loss"], BATCH * out["balanced"]["loss"], rtol=1e-6)
+    plain = out["unbalanced"]
+    np.testing.assert_allclose(
+        plain["loss"], plain["original_loss"] + plain["distil_loss"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        plain["loss/0"], plain["student/loss"] + plain["teacher/loss"], rtol=1e-6
+    )
+    np.testing.assert_allclose(plain["distil_loss"], out["balanced"]["distil_loss"], rtol=1e-6)
+    np.testing.assert_allclose(out["frozen"]["loss"], plain["student/loss"], rtol=1e-6)
+
+
+def test_settings_and_batch_errors():
+    with pytest.raises(ValueError, match="loss_balance=True needs distil=True"):
+        mal_objective.MalSettings(distil=False)
+    outputs, batch = _synthetic()
+    del batch["instance_ids"]
+    with pytest.raises(KeyError, match="instance_ids"):
+        mal_objective.mal_loss(
+            outputs, batch, mal_objective.MalSettings(loss_balance=False), SETTINGS
+        )
+    with pytest.raises(ValueError, match="needs a BalanceState"):
+        mal_objective.mal_loss(
+            outputs, batch, mal_objective.MalSettings(temporal=False, main_temporal=False), SETTINGS
+        )
