@@ -227,54 +227,29 @@ def evaluate_predictions(
     }
 
 
-# ------------------------------------------------------------------ data and the driver
-
-
 def eval_data(config, height: int, width: int):
-    """(unbatched data for ``pipeline.eval_batches``, GT shapes or None) for ``config.data``."""
-    data = config.data
-    if data.dataset == "synthetic":
-        from mal_jax.data.synthetic import synthetic_dataset
+    """(unbatched data for ``pipeline.eval_batches``, GT shapes or None) for ``config.data``.
 
-        dataset = synthetic_dataset(
-            "test",
-            height=height,
-            width=width,
-            num_samples=data.num_eval_samples,
-            seed=data.seed,
-            max_instances=data.max_instances,
-        )
-        return dataset, None
-    if data.dataset == "kitti":
-        from mal_jax.data import kitti
+    A missing frame -1 falls back to frame 0 (static camera) rather than a black frame.
+    """
+    from mal_jax.data import kitti, sources
 
-        source = kitti.kitti_eval_source(
-            data.root,
-            data.eval_split_file,
-            data.gt_depth_file,
-            height=height,
-            width=width,
-            img_ext=data.img_ext,
-            max_instances=data.max_instances,
-            missing_neighbour="static",
-        )
-        return source, kitti.gt_shapes(data.gt_depth_file)
-    if data.dataset == "cityscapes":
-        from mal_jax.data import cityscapes
+    source = sources.eval_source(config, height=height, width=width,
+                                 missing_neighbour="static")
+    gt_shapes = kitti.gt_shapes(config.data.gt_depth_file) if (
+        config.data.dataset == "kitti") else None
+    return source, gt_shapes
 
-        source = cityscapes.cityscapes_eval_source(
-            data.root,
-            data.eval_split_file,
-            data.gt_depth_file,
-            height=height,
-            width=width,
-            max_instances=data.max_instances,
-            missing_neighbour="static",
-        )
-        return source, None
-    raise ValueError(
-        f"config.data.dataset={data.dataset!r}: expected synthetic, kitti or cityscapes"
-    )
+
+def flat_scalars(results: dict) -> dict[str, float]:
+    """``eval/<model>/<region>/<metric>`` scalars of an ``evaluate`` result, for summaries."""
+    return {f"eval/{model}/{region}/{name}": float(value)
+            for model, regions in results["metrics"].items()
+            for region, block in regions.items() if isinstance(block, dict)
+            for name, value in block.items() if isinstance(value, (int, float))}
+
+
+# ------------------------------------------------------------------ the driver
 
 
 def evaluate(inference: InferenceModelLike, config, out_dir: str, *, checkpoint: str = "") -> dict:

@@ -1,0 +1,90 @@
+"""Default experiment: ManyDepth + MAL on the embedded synthetic driving scenes.
+
+Sized to train on 2 CPU cores in under 30 minutes. Every other config starts from this one.
+Override any field on the command line: ``--config.training.batch_size=4``.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # ---------------------------------------------------------------- data
+    data = config.data = ml_collections.ConfigDict()
+    data.dataset = "synthetic"  # synthetic | kitti | cityscapes (paper: kitti)
+    data.root = ""  # dataset root folder (kitti/cityscapes; unused for synthetic)
+    data.train_split_file = ""  # ManyDepth-format split file for training (kitti/cityscapes)
+    data.eval_split_file = ""  # split file for evaluation (kitti/cityscapes)
+    data.gt_depth_file = ""  # gt_depths.npz (kitti eval) or folder of .npy (cityscapes eval)
+    data.masks_root = ""  # precomputed instance masks (data/README.md); "" = none on disk
+    data.img_ext = ".png"  # image extension of the raw frames, .jpg or .png (paper: .jpg)
+    data.height = 96  # training image height in pixels, multiple of 32 (paper: 192)
+    data.width = 320  # training image width in pixels, multiple of 32 (paper: 640)
+    data.max_instances = 8  # instance slots K per frame, static padding (MAL; Mask2Former top-k)
+    data.num_train_samples = 1200  # synthetic: training triplets used (full split: 4400)
+    data.num_eval_samples = 160  # synthetic: test samples evaluated (full split: 320)
+    data.seed = 0  # seed of the synthetic scenes (splits use disjoint seeds internally)
+    data.augment = True  # colour jitter (p=0.5) and horizontal flip (p=0.5), as the reference
+
+    # ---------------------------------------------------------------- model
+    model = config.model = ml_collections.ConfigDict()
+    model.num_layers = 18  # ResNet depth of the matching encoder, 18 or 50 (paper: 18)
+    model.num_depth_bins = 96  # cost-volume depth hypotheses (paper: 96)
+    model.inverse_depth_bins = False  # bins linear in inverse depth (paper: linear, False)
+    model.min_depth = 0.1  # metres; disparity-to-depth range of training (paper: 0.1)
+    model.max_depth = 100.0  # metres (paper: 100)
+    model.scales = (0, 1, 2, 3)  # decoder output scales (paper: 0..3)
+    model.init_min_depth_bin = 0.1  # metres; adaptive-bin tracker start (paper: 0.1)
+    model.init_max_depth_bin = 10.0  # metres; adaptive-bin tracker start (paper: 10.0)
+    model.weights_folder = ""  # ManyDepth .pth folder to start from ("" = fresh init)
+    model.imagenet_weights = ""  # torchvision ResNet .pth state_dict for the encoders ("" = none)
+
+    # ---------------------------------------------------------------- loss
+    loss = config.loss = ml_collections.ConfigDict()
+    loss.disparity_smoothness = 1e-3  # edge-aware smoothness weight (paper: 1e-3)
+    loss.automasking = True  # identity-reprojection auto-mask for the teacher (paper: on)
+    loss.motion_masking = True  # teacher-vs-cost-volume consistency mask (paper: on)
+    loss.matching_augmentation = True  # 25% static camera, 25% zero pose (paper: on)
+
+    # ---------------------------------------------------------------- MAL
+    mal = config.mal = ml_collections.ConfigDict()
+    mal.temporal = True  # temporal hints as extra teacher candidates (MAL: on)
+    mal.main_temporal = True  # temporal hints also for the student (MAL: on)
+    mal.distil = True  # distillation hints for the student (MAL: on)
+    mal.ensemble = True  # teacher/student mean as a distillation candidate (MAL: on)
+    mal.loss_balance = True  # balance original vs distillation losses (MAL: on)
+    mal.multi_scale = False  # MAL losses over all scales; the MAL paper uses scale 0 only
+    mal.score_threshold = 0.9  # min instance score in frame t to be matched (MAL: 0.9)
+    mal.replace = False  # objects moving < 3 px stay in place (MAL's image_synthesis: off)
+    # MAL's balanced loss is summed once per batch element, i.e. multiplied by the batch size.
+    # Off by default: with Adam the factor changes little, but it makes the loss scale depend
+    # on the batch size, which breaks comparisons across devices and batch sizes.
+    mal.batch_size_factor = False
+    mal.balance_lambda_start = 3.0  # loss-balance lambda at epoch 0 (MAL: 3)
+    mal.balance_lambda_step = -1.5  # lambda change per epoch (MAL: -1.5)
+    mal.balance_lambda_min = -3.0  # lambda floor (MAL: -3)
+
+    # ---------------------------------------------------------------- training
+    training = config.training = ml_collections.ConfigDict()
+    training.batch_size = 4  # global batch size, split over devices (paper: 12)
+    training.num_epochs = 2  # epochs over num_train_samples (paper: 20)
+    training.learning_rate = 1e-4  # Adam learning rate (paper: 1e-4)
+    training.lr_decay_epoch = 15  # multiply the rate by lr_decay_factor from this epoch (paper: 15)
+    training.lr_decay_factor = 0.1  # (paper: 0.1)
+    training.freeze_teacher_epoch = 15  # teacher and pose stop training at this epoch (paper: 15)
+    training.freeze_teacher_step = -1  # or at this step (>= 0 overrides the epoch)
+    training.seed = 0  # rng seed: initialisation, augmentation, data order
+    training.log_every_steps = 10  # scalar summaries
+    training.image_every_steps = 200  # image summaries (0 = never)
+    training.checkpoint_every_steps = 100  # orbax checkpoint interval
+    training.keep_checkpoints = 3  # checkpoints kept
+    training.eval_every_steps = 0  # evaluation during training (0 = only at the end)
+
+    # ---------------------------------------------------------------- evaluation
+    evaluation = config.evaluation = ml_collections.ConfigDict()
+    # synthetic | kitti_eigen | kitti_eigen_mal | cityscapes | cityscapes_mal (evaluate.PRESETS)
+    evaluation.protocol = "synthetic"
+    evaluation.batch_size = 8  # evaluation batch size
+    evaluation.write_images = 4  # colormapped depth/error PNGs written (0 = none)
+    return config

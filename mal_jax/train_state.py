@@ -1,0 +1,64 @@
+"""The training state (a pytree checkpointed as a whole) and the optimizer.
+
+Everything a resumed run needs is here: parameters, BatchNorm statistics, Adam moments, the
+adaptive depth-bin trackers, MAL's loss-balancing state, the step (which is also the data
+position) and the base rng.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+# Networks the reference freezes together: the teacher and the pose network.
+TEACHER_AND_POSE = ("mono_encoder", "mono_depth", "pose_encoder", "pose")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32: completed steps; the data pipeline resumes from it
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    depth_bins: jax.Array  # float32 (2,): adaptive min and max depth of the cost volume, metres
+    balance: Any  # MAL loss-balancing state (empty dict when unused)
+    rng: jax.Array  # uint32 (2,): base key; step keys are fold_in(rng, step)
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def learning_rate_schedule(learning_rate: float, decay_step: int, decay_factor: float):
+    """Step schedule: ``learning_rate`` until ``decay_step``, then times ``decay_factor``."""
+    if decay_step <= 0:
+        return optax.constant_schedule(learning_rate)
+    return optax.piecewise_constant_schedule(learning_rate, {decay_step: decay_factor})
+
+
+def make_optimizer(schedule) -> optax.GradientTransformation:
+    """Adam with torch's defaults (betas 0.9/0.999, eps 1e-8), as the reference."""
+    return optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
+
+
+def freeze(tree: dict, nets: tuple[str, ...]) -> dict:
+    """``tree`` (keyed by network) with the subtrees of ``nets`` replaced by zeros."""
+    return {net: (jax.tree.map(jnp.zeros_like, sub) if net in nets else sub)
+            for net, sub in tree.items()}
+
+
+def create_state(variables: dict, optimizer: optax.GradientTransformation, min_depth_bin: float,
+                 max_depth_bin: float, balance: Any, seed: int) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=optimizer.init(variables["params"]),
+        depth_bins=jnp.asarray([min_depth_bin, max_depth_bin], jnp.float32),
+        balance=balance,
+        rng=jax.random.PRNGKey(seed),
+    )
