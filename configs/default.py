@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.height = 96  # training image height in pixels, multiple of 32 (paper: 192)
     data.width = 320  # training image width in pixels, multiple of 32 (paper: 640)
     data.max_instances = 8  # instance slots K per frame, static padding (MAL; Mask2Former top-k)
-    data.num_train_samples = 1200  # synthetic: training triplets used (full split: 4400)
+    data.num_train_samples = 600  # synthetic: training triplets used (full split: 4400)
     data.num_eval_samples = 160  # synthetic: test samples evaluated (full split: 320)
     data.seed = 0  # seed of the synthetic scenes (splits use disjoint seeds internally)
     data.augment = True  # colour jitter (p=0.5) and horizontal flip (p=0.5), as the reference
