@@ -9,29 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_variables import random_variables
 from PIL import Image
 
 from mal_jax import geometry, predict
 from mal_jax.models.manydepth import ManyDepth
 
 HEIGHT, WIDTH = 64, 96
-
-
-def random_variables(model: ManyDepth, height: int, width: int, seed: int = 0) -> dict:
-    """Variables of the right structure without compiling ``init`` (fan-in scaled normals)."""
-    abstract = jax.eval_shape(lambda r: model.init(r, height, width), jax.random.key(0))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("var", "scale"):
-            return np.ones(leaf.shape, np.float32)
-        if name in ("mean", "bias"):
-            return np.zeros(leaf.shape, np.float32)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 @pytest.fixture(scope="module")
