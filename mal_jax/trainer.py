@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections.config_dict import config_dict
 
 from mal_jax import checkpointing, periodic, train_state
 from mal_jax.convert import init_from_torchvision, read_torch_state_dict
@@ -37,14 +38,24 @@ def build_model(config: ml_collections.ConfigDict) -> ManyDepth:
                      scales=tuple(config.model.scales))
 
 
+def _weights_folder(config) -> str:
+    """``config.model.weights_folder``; configs that need one mark it required."""
+    try:
+        return config.model.weights_folder
+    except config_dict.RequiredValueError as error:
+        raise ValueError("config.model.weights_folder is required by this config: pass "
+                         "--config.model.weights_folder=DIR (a ManyDepth .pth folder)") from error
+
+
 def initial_variables(config, model: ManyDepth, rng: jax.Array) -> tuple[dict, float, float]:
     """Fresh, ImageNet-initialised or converted-ManyDepth variables and the starting bins."""
+    weights_folder = _weights_folder(config)
     variables = jax.jit(lambda key: model.init(key, config.data.height, config.data.width))(rng)
     min_bin, max_bin = config.model.init_min_depth_bin, config.model.init_max_depth_bin
-    if config.model.weights_folder:
+    if weights_folder:
         from mal_jax.convert import load_manydepth_folder
 
-        variables, meta = load_manydepth_folder(config.model.weights_folder, model)
+        variables, meta = load_manydepth_folder(weights_folder, model)
         min_bin = meta.get("min_depth_bin", min_bin)
         max_bin = meta.get("max_depth_bin", max_bin)
     elif config.model.imagenet_weights:

@@ -157,3 +157,10 @@ def test_two_devices_equal_one_device_on_same_global_batch(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, timeout=1200, cwd=REPO)
     assert "TWO_DEVICES_OK" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
+def test_finetune_config_without_weights_folder_names_the_field():
+    from configs import mal_finetune
+
+    with pytest.raises(ValueError, match=r"config\.model\.weights_folder is required"):
+        trainer.initial_variables(mal_finetune.get_config(), None, None)
