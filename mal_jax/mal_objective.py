@@ -149,11 +149,6 @@ def min_reprojection(
     return losses.per_pixel_minimum(errors)
 
 
-def _smoothness(disp, frames, scale, weight):
-    color = objective.downsample_image(objective.frame(frames, 0), scale)
-    return weight * losses.smoothness_loss(losses.normalise_disparity(disp), color) / (2**scale)
-
-
 def teacher_loss(
     outputs: dict,
     batch: dict,
@@ -184,7 +179,7 @@ def teacher_loss(
             else jnp.ones_like(reprojection)
         )
         reproj_loss = losses.masked_mean(reprojection, mask)
-        loss = reproj_loss + _smoothness(
+        loss = reproj_loss + objective.smoothness_term(
             outputs["mono_disp"][scale], frames, scale, loss_settings.disparity_smoothness
         )
         parts[f"reproj_loss/{scale}"], parts[f"loss/{scale}"] = reproj_loss, loss
@@ -235,7 +230,9 @@ def student_loss(
         loss = (
             reproj_loss
             + consistency
-            + _smoothness(outputs["disp"][scale], frames, scale, loss_settings.disparity_smoothness)
+            + objective.smoothness_term(
+                outputs["disp"][scale], frames, scale, loss_settings.disparity_smoothness
+            )
         )
         parts[f"reproj_loss/{scale}"] = reproj_loss
         parts[f"consistency_loss/{scale}"] = consistency

@@ -183,7 +183,8 @@ def reprojection_candidates(warped: dict, target: jnp.ndarray,
     return jnp.concatenate([losses.reprojection_error(image, target) for image in images], -1)
 
 
-def _smoothness(disp: jnp.ndarray, frames: jnp.ndarray, scale: int, weight: float):
+def smoothness_term(disp: jnp.ndarray, frames: jnp.ndarray, scale: int, weight: float):
+    """Weighted edge-aware smoothness of one scale's disparity against frame 0 at that scale."""
     color = downsample_image(frame(frames, 0), scale)
     return weight * losses.smoothness_loss(losses.normalise_disparity(disp), color) / (2**scale)
 
@@ -216,7 +217,7 @@ def single_frame_loss(outputs: dict, batch: dict, settings: LossSettings,
         else:
             mask = jnp.ones_like(reprojection)
         reproj_loss = losses.masked_mean(reprojection, mask)
-        loss = reproj_loss + _smoothness(outputs["mono_disp"][scale], frames, scale,
+        loss = reproj_loss + smoothness_term(outputs["mono_disp"][scale], frames, scale,
                                          settings.disparity_smoothness)
         parts[f"reproj_loss/{scale}"] = reproj_loss
         parts[f"loss/{scale}"] = loss
@@ -249,7 +250,7 @@ def multi_frame_loss(outputs: dict, batch: dict, settings: LossSettings,
         reproj_loss = losses.masked_mean(reprojection, reproj_mask)
         consistency = losses.consistency_loss(outputs["depth"][scale],
                                               outputs["mono_depth"][scale], consistency_mask)
-        loss = reproj_loss + consistency + _smoothness(outputs["disp"][scale], frames, scale,
+        loss = reproj_loss + consistency + smoothness_term(outputs["disp"][scale], frames, scale,
                                                        settings.disparity_smoothness)
         parts[f"reproj_loss/{scale}"] = reproj_loss
         parts[f"consistency_loss/{scale}"] = consistency

@@ -237,16 +237,6 @@ def sample_signature(height: int, width: int, num_frames: int, max_instances: in
     }
 
 
-def hide_gpus_from_tf() -> None:
-    """Leaves accelerators to JAX; harmless once TF has already initialised its devices."""
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        pass
-
-
 def synthetic_dataset(
     split: str,
     *,
@@ -263,6 +253,8 @@ def synthetic_dataset(
     Built as range + numpy_function, so element i is ``render_sample(split, i, ...)`` whatever
     the shuffling, sharding or skipping applied to the dataset.
     """
+    from mal_jax.data.pipeline import hide_gpus_from_tf  # imports TensorFlow: only here
+
     hide_gpus_from_tf()
     import tensorflow as tf
 

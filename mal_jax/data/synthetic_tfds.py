@@ -19,10 +19,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from mal_jax.data import synthetic
+from mal_jax.data import pipeline, synthetic
 
 _ZLIB = tfds.features.Encoding.ZLIB
-synthetic.hide_gpus_from_tf()
+pipeline.hide_gpus_from_tf()
 
 
 @dataclasses.dataclass(eq=False)
@@ -160,7 +160,7 @@ def load_synthetic_tfds(
     offsets: tuple[int, ...] | None = None,
 ) -> tf.data.Dataset:
     """The prepared split in index order, in the common format."""
-    synthetic.hide_gpus_from_tf()
+    pipeline.hide_gpus_from_tf()
     split = synthetic.canonical_split(split)
     offsets = tuple(synthetic.default_offsets(split) if offsets is None else offsets)
     unknown = [o for o in offsets if o not in synthetic.TRAIN_OFFSETS]
