@@ -182,7 +182,8 @@ def evaluate_predictions(
 
     ``gt_shapes[index]`` gives each GT's true size where batches are zero padded (KITTI); the
     images of one size are scored together, padded to ``batch_size`` so each size compiles
-    once. With ``image_dir``, the first ``num_images`` samples get colour PNGs.
+    once. With ``image_dir``, the first ``num_images`` samples get colour PNGs: the input
+    frame t and each model's disparity and error.
     """
     regions = ("all", "moving") if preset.moving_block else ("all",)
     protocol = preset.protocol
@@ -204,6 +205,10 @@ def evaluate_predictions(
             gt = all_gt[rows, : shape[0], : shape[1]]
             moving = all_moving[rows, : shape[0], : shape[1]]
             keep = np.arange(batch_size) < len(rows)
+            for j in np.flatnonzero(seen + rows < num_images) if image_dir else ():
+                os.makedirs(image_dir, exist_ok=True)
+                eval_outputs.save_png(os.path.join(image_dir, f"{seen + rows[j]:04d}_input.png"),
+                                      np.clip(current[rows[j]] * 255.0 + 0.5, 0, 255))
             for model in MODELS:
                 disp = predictions[model][rows]
                 padded_moving = pad_batch(moving, batch_size) if preset.moving_block else None

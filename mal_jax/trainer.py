@@ -44,14 +44,38 @@ def _weights_folder(config) -> str:
         return config.model.weights_folder
     except config_dict.RequiredValueError as error:
         raise ValueError("config.model.weights_folder is required by this config: pass "
-                         "--config.model.weights_folder=DIR (a ManyDepth .pth folder)") from error
+                         "--config.model.weights_folder=DIR (a ManyDepth .pth folder or a "
+                         "training workdir)") from error
+
+
+def _checkpoint_variables(workdir: str, fresh: dict) -> tuple[dict, float, float]:
+    """Variables and bins of a workdir's latest checkpoint, checked against ``fresh``'s layout
+    (another architecture or bin count fails naming the first differing weight)."""
+    loaded = checkpointing.load_inference(workdir)
+    expected = {"/".join(str(getattr(k, "key", k)) for k in path): np.shape(leaf)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(fresh)}
+    found = {"/".join(str(getattr(k, "key", k)) for k in path): np.shape(leaf)
+             for path, leaf in jax.tree_util.tree_leaves_with_path(loaded.variables)}
+    for name in sorted(expected.keys() | found.keys()):
+        if expected.get(name) != found.get(name):
+            raise ValueError(f"{workdir}: weight {name} has shape {found.get(name)}, the config's "
+                             f"model needs {expected.get(name)} (other num_layers or "
+                             "num_depth_bins?)")
+    return loaded.variables, loaded.min_depth_bin, loaded.max_depth_bin
 
 
 def initial_variables(config, model: ManyDepth, rng: jax.Array) -> tuple[dict, float, float]:
-    """Fresh, ImageNet-initialised or converted-ManyDepth variables and the starting bins."""
+    """Fresh, ImageNet-initialised or loaded variables and the starting bins.
+
+    ``config.model.weights_folder`` may be a ManyDepth ``.pth`` folder or a training workdir
+    (its latest checkpoint: fine-tuning a model trained here); either brings its depth bins.
+    """
     weights_folder = _weights_folder(config)
     variables = jax.jit(lambda key: model.init(key, config.data.height, config.data.width))(rng)
     min_bin, max_bin = config.model.init_min_depth_bin, config.model.init_max_depth_bin
+    if weights_folder and os.path.isdir(os.path.join(weights_folder,
+                                                     checkpointing.CHECKPOINT_DIR)):
+        return _checkpoint_variables(weights_folder, variables)
     if weights_folder:
         from mal_jax.convert import load_manydepth_folder
 
@@ -83,6 +107,11 @@ def freeze_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     if config.training.freeze_teacher_epoch < 0:
         return -1
     return config.training.freeze_teacher_epoch * steps_per_epoch
+
+
+def _rate_fields(config) -> tuple:
+    training = config.training
+    return training.learning_rate, training.lr_decay_epoch, training.lr_decay_factor
 
 
 class Trainer:
@@ -123,17 +152,35 @@ class Trainer:
         self.manager = checkpointing.checkpoint_manager(workdir, config.training.keep_checkpoints)
         self.meta = checkpointing.model_meta(self.model, config.data.height, config.data.width)
 
+    def reuse_programs(self, other: Trainer) -> None:
+        """Run with ``other``'s compiled step and summary programs (compiling the step takes
+        minutes on CPU). Only for runs whose programs are the same: equal step settings, model,
+        image size and devices; the seed, workdir and starting weights may differ."""
+        same = (self.settings == other.settings and self.model == other.model
+                and self.mesh.devices.tolist() == other.mesh.devices.tolist()
+                and _rate_fields(self.config) == _rate_fields(other.config)
+                and self.local_batch == other.local_batch
+                and (self.config.data.height, self.config.data.width)
+                == (other.config.data.height, other.config.data.width))
+        if not same:
+            raise ValueError(f"trainer for {self.workdir}: cannot reuse the programs of "
+                             f"{other.workdir} (different step settings, model or devices)")
+        self.steps, self.images = other.steps, other.images
+
     def initial_state(self) -> train_state.TrainState:
         """The latest checkpoint of the workdir, or a fresh state."""
-        rng = jax.random.PRNGKey(self.config.training.seed)
+        config = self.config
+        rng = jax.random.PRNGKey(config.training.seed)
 
-        def fresh():
-            variables, min_bin, max_bin = initial_variables(self.config, self.model, rng)
+        def state_of(variables, min_bin, max_bin):
             return train_state.create_state(variables, self.optimizer, min_bin, max_bin,
-                                            initial_balance(self.settings),
-                                            self.config.training.seed)
+                                            initial_balance(self.settings), config.training.seed)
 
-        abstract = jax.eval_shape(fresh)
+        # The layout of a fresh state; loading starting weights is not traceable, and the
+        # layout does not depend on them (initial_variables checks that).
+        abstract = jax.eval_shape(lambda: state_of(
+            self.model.init(rng, config.data.height, config.data.width),
+            config.model.init_min_depth_bin, config.model.init_max_depth_bin))
         abstract = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=self.replicated),
             abstract)
@@ -141,9 +188,10 @@ class Trainer:
         if state is not None:
             logging.info("resumed from step %d", int(state.step))
             return state
+        fresh = state_of(*initial_variables(config, self.model, rng))
         # Distinct buffers per leaf: the step donates the state, and a leaf shared by two
         # fields (e.g. one zeros array) cannot be donated twice.
-        return jax.device_put(jax.tree.map(np.array, fresh()), self.replicated)
+        return jax.device_put(jax.tree.map(np.array, fresh), self.replicated)
 
     def step_fn(self, step: int):
         return self.steps[0 <= self.freeze_at <= step]

@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from model_variables import random_variables
+from PIL import Image
 
 from configs.default import get_config
 from mal_jax import eval_outputs, evaluate, geometry, metrics, objective
+from mal_jax.data import pipeline
 from mal_jax.data.synthetic import intrinsics_pyramid
 from mal_jax.depth_inference import load_inference, make_batch_predictor
 from mal_jax.models.manydepth import ManyDepth
@@ -260,8 +262,13 @@ def test_end_to_end_synthetic_writes_json_markdown_and_images(inference, tmp_pat
     assert "## All valid pixels" in markdown and "## Moving-object pixels" in markdown
     assert markdown.count("| multi-frame | ") == 2 and markdown.count("| teacher ") == 2
     images = sorted(os.listdir(tmp_path / "eval_images"))
-    assert len(images) == 2 * 2 * 2  # samples x models x (disparity, error)
+    assert len(images) == 2 * (1 + 2 * 2)  # samples x (input + models x (disparity, error))
     assert "0001_teacher_abs_rel_error.png" in images
+    # The input PNG is frame t of that sample, in 8-bit.
+    source, _ = evaluate.eval_data(config, HEIGHT, WIDTH)
+    first = next(iter(pipeline.eval_batches(source, batch_size=BATCH)))
+    written = np.asarray(Image.open(tmp_path / "eval_images" / "0001_input.png"))
+    np.testing.assert_allclose(written, np.asarray(first["frames"])[1, 1] * 255.0, atol=0.51)
 
 
 def test_predictor_reproduces_reference_eval_disparities(golden):

@@ -36,7 +36,7 @@ def _sharing_compiled_steps(reference: trainer.Trainer, config, workdir) -> trai
     """A trainer for another workdir reusing ``reference``'s compiled programs (same config and
     devices, so the same programs): compiling the step costs a minute on CPU."""
     run = trainer.Trainer(config, workdir)
-    run.steps, run.images = reference.steps, reference.images
+    run.reuse_programs(reference)
     return run
 
 
@@ -86,6 +86,30 @@ def test_resume_equals_uninterrupted_run(trained, tmp_path):
     for ours, reference in zip(jax.tree.leaves(jax.device_get(resumed)),
                                jax.tree.leaves(jax.device_get(state)), strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-7)
+
+
+def test_fine_tuning_starts_from_a_workdirs_latest_checkpoint(trained, tmp_path):
+    workdir, state, run = trained
+    config = test_config.get_config()
+    config.model.weights_folder = workdir
+    start = _sharing_compiled_steps(run, config, str(tmp_path / "tuned")).initial_state()
+    assert int(start.step) == 0  # a new run from those weights, not a resumed one
+    np.testing.assert_array_equal(jax.device_get(start.depth_bins),
+                                  jax.device_get(state.depth_bins))
+    for ours, trained_leaf in zip(jax.tree.leaves(jax.device_get(start.variables)),
+                                  jax.tree.leaves(jax.device_get(state.variables)), strict=True):
+        np.testing.assert_array_equal(ours, trained_leaf)
+    # Another cost-volume size cannot take those weights: the error names the weight.
+    config.model.num_depth_bins = 8
+    with pytest.raises(ValueError, match=r"uninterrupted.*: weight params/encoder/.* has shape"):
+        trainer.initial_variables(config, trainer.build_model(config), jax.random.PRNGKey(0))
+
+
+def test_programs_are_reused_only_for_the_same_step(trained, tmp_path):
+    config = test_config.get_config()
+    config.mal.temporal = config.mal.main_temporal = False
+    with pytest.raises(ValueError, match="cannot reuse the programs"):
+        _sharing_compiled_steps(trained[2], config, str(tmp_path))
 
 
 def test_nan_in_batch_stops_and_keeps_last_good_checkpoint(trained, tmp_path, monkeypatch):
