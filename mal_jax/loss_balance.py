@@ -12,6 +12,9 @@ every training step from the running mean of both losses over the current epoch:
   ``lam > 0``;
 * ``lam`` follows ``max(start + slope * epoch, floor)`` (3, -1.5 and -3 in the reference).
 
+Unlike the reference, a running mean of exactly 0 does not divide: see :func:`update_balance`
+(with MAL's batch of 12 it needs all 12 samples augmented; with batch 4, 1 step in 16).
+
 The means are over the steps of the current epoch so far, restarting with each epoch (the
 reference indexes its record table by the step within the epoch, so a new epoch overwrites it
 from row 0 and averages only its own rows). The weights applied to a step's loss are those
@@ -97,15 +100,17 @@ def balanced_loss(state: BalanceState, losses: jax.Array, scale=1.0) -> jax.Arra
 
 def _first_weights(state: BalanceState, mean: jax.Array, total: jax.Array) -> jax.Array:
     share = 1.0 / state.weights.shape[0]
-    return total * share / mean
+    return total * share / jnp.where(mean > 0, mean, 1.0)
 
 
 def _adjusted_weights(
     state: BalanceState, mean: jax.Array, total: jax.Array, adjust_lambda: jax.Array
 ) -> jax.Array:
-    ratio = (total / state.previous_total) * (state.previous_mean / mean)
+    usable = (state.previous_total > 0) & jnp.all(mean > 0) & jnp.all(state.previous_mean > 0)
+    ratio = (total / jnp.where(usable, state.previous_total, 1.0)) * (
+        state.previous_mean / jnp.where(usable, mean, 1.0))
     adjust = jnp.clip(1.0 + adjust_lambda * (ratio - 1.0), MIN_ADJUST, MAX_ADJUST)
-    return jnp.where(state.previous_total > 0, state.weights * adjust, state.weights)
+    return jnp.where(usable, state.weights * adjust, state.weights)
 
 
 def update_balance(
@@ -126,10 +131,15 @@ def update_balance(
     epoch_count = jnp.where(new_epoch, 0, state.epoch_count) + 1
     mean = epoch_sum / epoch_count
     total = jnp.sum(mean * state.weights)
+    # A mean of exactly 0 (the distillation loss of a batch whose samples all had matching
+    # augmentation, which masks every pixel) would make the reference's weights infinite.
+    # The first update waits for a step where every mean is positive; a later update leaves
+    # the weights as they are while a mean is 0.
+    can_start = jnp.all(mean > 0)
     weights = jnp.where(
         state.initialized,
         _adjusted_weights(state, mean, total, jnp.asarray(adjust_lambda)),
-        _first_weights(state, mean, total),
+        jnp.where(can_start, _first_weights(state, mean, total), state.weights),
     )
     return BalanceState(
         weights=weights,
@@ -137,5 +147,5 @@ def update_balance(
         previous_total=jnp.sum(mean * weights),
         epoch_sum=epoch_sum,
         epoch_count=epoch_count,
-        initialized=jnp.ones((), bool),
+        initialized=state.initialized | can_start,
     )

@@ -184,6 +184,25 @@ def test_balance_weights_hand_computed():
     np.testing.assert_array_equal(state.weights, before.weights)  # lambda 0: unchanged
 
 
+def test_balance_waits_out_a_zero_mean():
+    """A step whose distillation loss is 0 (every sample augmented) must not make a weight
+    infinite: the first update waits for positive means, later ones skip the step."""
+    state = loss_balance.update_balance(loss_balance.init_balance(), jnp.asarray([0.4, 0.0]),
+                                        0, 3.0)
+    np.testing.assert_array_equal(state.weights, [0.5, 0.5])
+    assert not bool(state.initialized)
+    # Step 1: means (0.3, 0.05) -> total 0.175, w = 0.175 / (2 * mean).
+    state = loss_balance.update_balance(state, jnp.asarray([0.2, 0.1]), 1, 3.0)
+    np.testing.assert_allclose(state.weights, [0.175 / 0.6, 0.175 / 0.1], rtol=1e-6)
+    # A new epoch starting with a zero distillation loss keeps the weights, finitely.
+    before = state.weights
+    state = loss_balance.update_balance(state, jnp.asarray([0.5, 0.0]), 0, 3.0)
+    np.testing.assert_array_equal(state.weights, before)
+    state = loss_balance.update_balance(state, jnp.asarray([0.5, 0.0]), 1, 3.0)
+    np.testing.assert_array_equal(state.weights, before)
+    assert np.all(np.isfinite(np.asarray(state.previous_total)))
+
+
 def test_lambda_schedule_and_balanced_loss():
     schedule = loss_balance.LambdaSchedule()
     np.testing.assert_allclose([schedule.at(e) for e in range(6)], [3, 1.5, 0, -1.5, -3, -3])
