@@ -46,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
     loss.automasking = True  # identity-reprojection auto-mask for the teacher (paper: on)
     loss.motion_masking = True  # teacher-vs-cost-volume consistency mask (paper: on)
     loss.matching_augmentation = True  # 25% static camera, 25% zero pose (paper: on)
+    # Weight of PackNet-SfM's velocity loss |(|t| - |t_true|)| (metres) on the pose network's
+    # translation; needs the true poses (synthetic data only). Pins the scale that training from
+    # random weights otherwise lets drift (paper: 0, off; configs/ablation.py's pretraining: on)
+    loss.velocity_weight = 0.0
 
     # ---------------------------------------------------------------- MAL
     mal = config.mal = ml_collections.ConfigDict()

@@ -39,6 +39,8 @@ class LossSettings:
     motion_masking: bool = True
     # Gaussian tie-break noise on identity losses, as the reference; off for parity checks.
     tie_break_noise: bool = True
+    # Weight of the velocity loss on the pose translation (0: off, as ManyDepth and MAL).
+    velocity_weight: float = 0.0
 
 
 def frame(batch_frames: jnp.ndarray, frame_id: int) -> jnp.ndarray:
@@ -258,6 +260,23 @@ def multi_frame_loss(outputs: dict, batch: dict, settings: LossSettings,
         total = total + loss
     parts["loss"] = total / len(settings.scales)
     return parts["loss"], parts
+
+
+def velocity_loss(cam_T_cam: dict, true_cam_T_cam: jnp.ndarray) -> jnp.ndarray:
+    """PackNet-SfM's weak velocity supervision: mean over samples and source frames of
+    ``| |t| - |t_true| |``, the predicted and known camera translation lengths in metres.
+
+    The photometric loss only sees translation over depth, so from random weights the scale of
+    both drifts freely until the depth range saturates; knowing the distance driven (a car's
+    odometer) pins it. ``true_cam_T_cam`` is the batch's (B, F, 4, 4) frame-0-to-frame-f
+    poses; flips and inversion keep translation lengths, so no convention matters here.
+    """
+    errors = []
+    for frame_id in SOURCE_FRAMES:
+        predicted = jnp.linalg.norm(cam_T_cam[frame_id][:, :3, 3], axis=-1)
+        known = jnp.linalg.norm(true_cam_T_cam[:, FRAME_INDEX[frame_id], :3, 3], axis=-1)
+        errors.append(jnp.abs(predicted - known))
+    return jnp.mean(jnp.stack(errors))
 
 
 def combine_losses(multi_parts: dict, teacher_parts: dict | None) -> dict:

@@ -39,7 +39,12 @@ def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> St
     loss = objective.LossSettings(
         min_depth=config.model.min_depth, max_depth=config.model.max_depth,
         scales=tuple(config.model.scales), disparity_smoothness=config.loss.disparity_smoothness,
-        automasking=config.loss.automasking, motion_masking=config.loss.motion_masking)
+        automasking=config.loss.automasking, motion_masking=config.loss.motion_masking,
+        velocity_weight=config.loss.velocity_weight)
+    if config.loss.velocity_weight and config.data.dataset != "synthetic":
+        raise ValueError(f"config.loss.velocity_weight={config.loss.velocity_weight} needs the "
+                         f"true camera poses, which only the synthetic dataset provides "
+                         f"(config.data.dataset={config.data.dataset!r})")
     mal_cfg = config.mal
     uses_mal = mal_cfg.temporal or mal_cfg.main_temporal or mal_cfg.distil
     mal = None
@@ -92,6 +97,10 @@ def make_train_step(model: ManyDepth, optimizer: optax.GradientTransformation,
             _, parts = mal_objective.mal_loss(outputs, batch, settings.mal, settings.loss,
                                               balance, train_teacher=not frozen,
                                               noise_rng=noise_rng)
+        if settings.loss.velocity_weight and not frozen:
+            parts = dict(parts, velocity_loss=objective.velocity_loss(outputs["cam_T_cam"],
+                                                                      batch["cam_T_cam"]))
+            parts["loss"] = parts["loss"] + settings.loss.velocity_weight * parts["velocity_loss"]
         return parts["loss"], (parts, outputs, variables["batch_stats"])
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):

@@ -261,3 +261,36 @@ def test_shape_errors_are_clear():
         losses.ssim_dissimilarity(jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 4, 5, 3)))
     with pytest.raises(ValueError, match="smoothness_loss"):
         losses.smoothness_loss(jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_velocity_loss_hand_case():
+    from mal_jax import objective
+
+    def pose(tx, ty, tz):
+        transform = np.eye(4, dtype=np.float32)
+        transform[:3, 3] = (tx, ty, tz)
+        return transform
+
+    predicted = {-1: jnp.asarray(np.stack([pose(0, 0, 3), pose(0, 0, 0)])),
+                 1: jnp.asarray(np.stack([pose(0, 0, -1), pose(0.6, 0, 0.8)]))}
+    # Known poses (B, F, 4, 4) in frame order (-1, 0, +1); frame 0 is the identity.
+    known = jnp.asarray(np.stack([np.stack([pose(0, 0, 1), pose(0, 0, 0), pose(2, 0, 0)]),
+                                  np.stack([pose(0, 0.5, 0), pose(0, 0, 0), pose(0, 0, 1)])]))
+    # | |t| - |t_true| | = |3 - 1|, |0 - 0.5|, |1 - 2|, |1 - 1| -> mean 0.875.
+    np.testing.assert_allclose(objective.velocity_loss(predicted, known), 0.875, rtol=1e-6)
+    # The rotation part plays no role.
+    rotated = {f: p.at[:, :3, :3].set(jnp.asarray([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]]))
+               for f, p in predicted.items()}
+    np.testing.assert_allclose(objective.velocity_loss(rotated, known), 0.875, rtol=1e-6)
+
+
+def test_velocity_loss_needs_true_poses():
+    from configs import test as test_config
+    from mal_jax import train_step
+
+    config = test_config.get_config()
+    config.loss.velocity_weight = 0.5
+    assert train_step.step_settings(config, 4).loss.velocity_weight == 0.5
+    config.data.dataset = "kitti"
+    with pytest.raises(ValueError, match=r"velocity_weight=0.5 .*dataset='kitti'"):
+        train_step.step_settings(config, 4)
