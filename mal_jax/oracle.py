@@ -12,7 +12,8 @@ Means are pooled over pixels of all samples (not averages of per-sample means). 
 without depth (sky) are warped as if 10 km away (pure rotation) and left out of every mean.
 
     python -m mal_jax.oracle [--split test] [--num_samples N] [--height 96 --width 320]
-                             [--seed 0] [--batch_size 8] [--replace] [--json PATH]
+                             [--seed 0] [--batch_size 8] [--replace] [--frame_t_shifts]
+                             [--json PATH]
 
 Last line: ``moving_reproj baseline=<x> mal=<y> reduction=<percent>``.
 """
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax import geometry, losses
+from mal_jax import geometry, losses, oracle_shifts
 from mal_jax.data import synthetic
 from mal_jax.instance_matching import FrameInstances, instance_masks, match_instances
 from mal_jax.temporal_hints import TemporalHintConfig, temporal_hint_candidates
@@ -57,6 +58,9 @@ SUM_KEYS = (
     "covered_mal",
     "uncovered_baseline",
     "uncovered_mal",
+    "clipped_pixels",
+    "clipped_baseline",
+    "clipped_mal",
     "hint_chosen_pixels",
     "matched_objects",
     "matched_moving_objects",
@@ -123,8 +127,12 @@ def _warp_masks(instances: FrameInstances, pix_coords: jax.Array) -> FrameInstan
     return instances._replace(masks=jnp.moveaxis(warped, -1, 1))
 
 
-def oracle_maps(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS) -> dict:
+def oracle_maps(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS,
+                frame_t_shifts: bool = False) -> dict:
     """Per-pixel errors and matches of one batch from :func:`load_triplets` (jit, config static).
+
+    ``frame_t_shifts`` replaces MAL's displacement estimate by shifts that move each warped
+    object onto its frame-t box (``mal_jax.oracle_shifts``), knowledge MAL does not have.
 
     Returns a dict with ``baseline`` and ``mal`` (B, H, W) minimum reprojection errors over
     (warped t-1, warped t+1) and over those plus the two synthesized frames, ``hint_chosen``
@@ -150,9 +158,11 @@ def oracle_maps(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS) -> dict
     current = _frame_instances(batch, CURRENT, num_slots)
     prev = _warp_masks(_frame_instances(batch, PREV, num_slots), grids[PREV])
     next_ = _warp_masks(_frame_instances(batch, NEXT, num_slots), grids[NEXT])
-    syn_prev, syn_next, _ = temporal_hint_candidates(
+    hint_candidates = (oracle_shifts.frame_t_hint_candidates if frame_t_shifts
+                       else temporal_hint_candidates)
+    syn_prev, syn_next = hint_candidates(
         warped[PREV], warped[NEXT], current, prev, next_, config
-    )
+    )[:2]
 
     candidates = [warped[PREV], warped[NEXT], syn_prev, syn_next]
     errors = jnp.concatenate([losses.reprojection_error(c, target) for c in candidates], -1)
@@ -178,14 +188,36 @@ def oracle_maps(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS) -> dict
     }
 
 
-def oracle_sums(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS) -> dict:
+def cut_by_border(instance_ids: jax.Array, num_slots: int) -> jax.Array:
+    """Frame-t pixels (B, H, W) of objects that touch the image border in any frame.
+
+    ``instance_ids`` (B, F, H, W) with 0 = none and k = slot k-1 (one object keeps its slot in
+    every frame). Such objects are partly out of view in some frame, so a shifted copy of a
+    warped frame lacks part of them: the case where temporal hints help least.
+    """
+    ids = jnp.clip(instance_ids, 0, num_slots)
+    edge_ids = jnp.concatenate(
+        [ids[..., 0, :], ids[..., -1, :], ids[..., :, 0], ids[..., :, -1]], axis=-1
+    ).reshape(ids.shape[0], -1)  # (B, F * (2W + 2H))
+    slot_at_edge = jax.vmap(
+        lambda edges: jnp.zeros(num_slots + 1, bool).at[edges].set(True))(edge_ids)
+    current = ids[:, CURRENT]
+    flat = current.reshape(current.shape[0], -1)
+    touched = jnp.take_along_axis(slot_at_edge, flat, axis=1).reshape(current.shape)
+    return touched & (current > 0)
+
+
+def oracle_sums(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS,
+                frame_t_shifts: bool = False) -> dict:
     """Per-sample sums (B,) named by :data:`SUM_KEYS` (pixel counts and summed errors)."""
-    maps = oracle_maps(batch, config)
+    maps = oracle_maps(batch, config, frame_t_shifts)
     valid = batch["depth_gt"] > 0
     moving = batch["moving_mask"] & valid
     static = ~batch["moving_mask"] & valid
     covered = moving & maps["matched_cover"]
     uncovered = moving & ~maps["matched_cover"]
+    clipped = moving & cut_by_border(batch["instance_ids"],
+                                      batch["instance_class"].shape[-1])
 
     def total(values, where):
         return jnp.sum(jnp.where(where, values, 0), axis=(1, 2)).astype(jnp.float32)
@@ -204,6 +236,9 @@ def oracle_sums(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS) -> dict
         "covered_mal": total(maps["mal"], covered),
         "uncovered_baseline": total(maps["baseline"], uncovered),
         "uncovered_mal": total(maps["mal"], uncovered),
+        "clipped_pixels": total(1, clipped),
+        "clipped_baseline": total(maps["baseline"], clipped),
+        "clipped_mal": total(maps["mal"], clipped),
         "hint_chosen_pixels": total(1, moving & maps["hint_chosen"]),
         "matched_objects": maps["matched"].sum(-1).astype(jnp.float32),
         "matched_moving_objects": (maps["matched"] & moving_slots).sum(-1).astype(jnp.float32),
@@ -211,7 +246,7 @@ def oracle_sums(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS) -> dict
     }
 
 
-_oracle_sums_jit = jax.jit(oracle_sums, static_argnames="config")
+_oracle_sums_jit = jax.jit(oracle_sums, static_argnames=("config", "frame_t_shifts"))
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -223,6 +258,8 @@ def summarize(totals: dict, num_samples: int) -> dict:
     baseline = _ratio(totals["moving_baseline"], totals["moving_pixels"])
     mal = _ratio(totals["moving_mal"], totals["moving_pixels"])
     uncovered_pixels = totals["moving_pixels"] - totals["covered_pixels"]
+    inside = {key: totals[f"moving_{key}"] - totals[f"clipped_{key}"]
+              for key in ("pixels", "baseline", "mal")}
     return {
         "num_samples": num_samples,
         "moving_pixels": int(totals["moving_pixels"]),
@@ -241,6 +278,11 @@ def summarize(totals: dict, num_samples: int) -> dict:
         "uncovered_baseline": _ratio(totals["uncovered_baseline"], uncovered_pixels),
         "uncovered_mal": _ratio(totals["uncovered_mal"], uncovered_pixels),
         "hint_chosen_fraction": _ratio(totals["hint_chosen_pixels"], totals["moving_pixels"]),
+        "clipped_fraction": _ratio(totals["clipped_pixels"], totals["moving_pixels"]),
+        "clipped_reduction_percent": 100.0 * _ratio(
+            totals["clipped_baseline"] - totals["clipped_mal"], totals["clipped_baseline"]),
+        "inside_reduction_percent": 100.0 * _ratio(
+            inside["baseline"] - inside["mal"], inside["baseline"]),
     }
 
 
@@ -254,6 +296,7 @@ def run_oracle(
     batch_size: int = 8,
     max_instances: int = 16,
     config: TemporalHintConfig = DEFAULT_HINTS,
+    frame_t_shifts: bool = False,
 ) -> dict:
     """Run the oracle over the first ``num_samples`` samples of ``split`` (default: all).
 
@@ -275,7 +318,7 @@ def run_oracle(
         batch = load_triplets(
             split, indices, height=height, width=width, seed=seed, max_instances=max_instances
         )
-        sums = jax.device_get(_oracle_sums_jit(batch, config))
+        sums = jax.device_get(_oracle_sums_jit(batch, config, frame_t_shifts))
         for key in SUM_KEYS:
             totals[key] += float(np.sum(np.asarray(sums[key], np.float64)[:real]))
     return summarize(totals, count)
@@ -293,6 +336,9 @@ def format_report(summary: dict) -> list[str]:
         f"(baseline={s['covered_baseline']:.5f} mal={s['covered_mal']:.5f}); elsewhere "
         f"baseline={s['uncovered_baseline']:.5f} mal={s['uncovered_mal']:.5f}",
         f"moving pixels where a hint wins: {100 * s['hint_chosen_fraction']:.1f}%",
+        f"moving pixels of objects cut by the image border in some frame: "
+        f"{100 * s['clipped_fraction']:.1f}% (reduction {s['clipped_reduction_percent']:.1f}%); "
+        f"of objects in view in all frames: reduction {s['inside_reduction_percent']:.1f}%",
         f"static_reproj baseline={s['static_baseline']:.5f} mal={s['static_mal']:.5f}",
         f"moving_reproj baseline={s['moving_baseline']:.5f} mal={s['moving_mal']:.5f} "
         f"reduction={s['reduction_percent']:.1f}",
@@ -302,22 +348,18 @@ def format_report(summary: dict) -> list[str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="test")
-    parser.add_argument(
-        "--num_samples",
-        type=int,
-        default=None,
-        help="first N samples of the split (default: the whole split)",
-    )
+    parser.add_argument("--num_samples", type=int, default=None,
+                        help="first N samples of the split (default: the whole split)")
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_instances", type=int, default=16)
-    parser.add_argument(
-        "--replace",
-        action="store_true",
-        help="temporal hints with replace=True (half-motions < 3 px ignored)",
-    )
+    parser.add_argument("--replace", action="store_true",
+                        help="temporal hints with replace=True (half-motions < 3 px ignored)")
+    parser.add_argument("--frame_t_shifts", action="store_true",
+                        help="move each warped object onto its frame-t box instead of MAL's "
+                             "estimate")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write the numbers here")
     args = parser.parse_args(argv)
     config = TemporalHintConfig(replace=args.replace)
@@ -330,6 +372,7 @@ def main(argv=None) -> None:
         batch_size=args.batch_size,
         max_instances=args.max_instances,
         config=config,
+        frame_t_shifts=args.frame_t_shifts,
     )
     summary.update(
         split=synthetic.canonical_split(args.split),
@@ -337,13 +380,14 @@ def main(argv=None) -> None:
         width=args.width,
         seed=args.seed,
         replace=args.replace,
+        frame_t_shifts=args.frame_t_shifts,
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print(
         f"oracle split={summary['split']} size={args.height}x{args.width} seed={args.seed} "
-        f"replace={args.replace}"
+        f"replace={args.replace} frame_t_shifts={args.frame_t_shifts}"
     )
     for line in format_report(summary):
         print(line)

@@ -156,14 +156,31 @@ def synthesize_linear_motion(
     if replace:
         row_shift = jnp.where(jnp.abs(row_shift) < MIN_MOTION_PX, 0, row_shift)
         col_shift = jnp.where(jnp.abs(col_shift) < MIN_MOTION_PX, 0, col_shift)
+    return synthesize_with_shifts(img_last, img_next, masks_last, masks_next,
+                                  (row_shift, col_shift), (-row_shift, -col_shift))
 
+
+def synthesize_with_shifts(
+    img_last: jax.Array,
+    img_next: jax.Array,
+    masks_last: jax.Array,
+    masks_next: jax.Array,
+    shift_last: tuple[jax.Array, jax.Array],
+    shift_next: tuple[jax.Array, jax.Array],
+) -> tuple[jax.Array, jax.Array]:
+    """The synthesis step of :func:`synthesize_linear_motion` with given whole-pixel shifts.
+
+    ``masks_*`` are (N, H, W) bool with unused objects already cleared; ``shift_last`` and
+    ``shift_next`` are (rows, columns) int32 (N,) shifts of the objects of each warped frame
+    (MAL: plus and minus half the displacement). The oracle also feeds other shifts here.
+    """
     # Per object, not per union: an object's old place is refilled even if another object
     # covers that pixel in the other frame.
     background_last = jnp.where(_any_object(masks_last & ~masks_next), img_next, img_last)
     background_next = jnp.where(_any_object(masks_next & ~masks_last), img_last, img_next)
 
-    moved_last = _paste_moved_objects(masks_last, row_shift, col_shift, img_last, background_last)
-    moved_next = _paste_moved_objects(masks_next, -row_shift, -col_shift, img_next, background_next)
+    moved_last = _paste_moved_objects(masks_last, *shift_last, img_last, background_last)
+    moved_next = _paste_moved_objects(masks_next, *shift_next, img_next, background_next)
 
     touched = _any_object(masks_last | masks_next)
     return jnp.where(touched, moved_last, img_last), jnp.where(touched, moved_next, img_next)
@@ -186,7 +203,10 @@ def _gather_slots(masks: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take(masks, index, axis=0)
 
 
-def _hints_one_sample(warped_prev, warped_next, current, prev, next_, config):
+def matched_object_masks(current: FrameInstances, prev: FrameInstances,
+                         next_: FrameInstances, config: TemporalHintConfig):
+    """One sample's matched objects: binary masks (K, H, W) of each frame-t slot's object in
+    warped t-1 and in warped t+1 (cleared where unmatched) and the (K,) matched flags."""
     match = match_instances(
         current,
         prev,
@@ -198,16 +218,22 @@ def _hints_one_sample(warped_prev, warped_next, current, prev, next_, config):
         dice_weight=config.dice_weight,
         dice_on_sigmoid=config.dice_on_sigmoid,
     )
+    keep = match.valid[:, None, None]
     masks_last = _gather_slots(
         binarize_warped_masks(prev.masks, config.binarize_threshold), match.last_index
     )
     masks_next = _gather_slots(
         binarize_warped_masks(next_.masks, config.binarize_threshold), match.next_index
     )
+    return masks_last & keep, masks_next & keep, match.valid
+
+
+def _hints_one_sample(warped_prev, warped_next, current, prev, next_, config):
+    masks_last, masks_next, valid = matched_object_masks(current, prev, next_, config)
     syn_prev, syn_next = synthesize_linear_motion(
-        warped_prev, warped_next, masks_last, masks_next, match.valid, config.replace
+        warped_prev, warped_next, masks_last, masks_next, valid, config.replace
     )
-    return syn_prev, syn_next, match.valid.any()
+    return syn_prev, syn_next, valid.any()
 
 
 def temporal_hint_candidates(

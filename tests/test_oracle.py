@@ -122,6 +122,42 @@ def test_constant_velocity_object_is_fixed_by_the_hints(object_step_px):
     np.testing.assert_allclose(summary["moving_baseline"], baseline, rtol=1e-5)
     np.testing.assert_allclose(summary["moving_mal"], mal, rtol=1e-5)
     assert summary["reduction_percent"] > 80.0
+    # The object stays in view in all three frames: none of it counts as cut by the border.
+    assert summary["clipped_fraction"] == 0.0
+    np.testing.assert_allclose(summary["inside_reduction_percent"], summary["reduction_percent"])
+
+
+def test_cut_by_border_marks_objects_touching_the_border_in_any_frame():
+    ids = np.zeros((1, 3, 6, 8), np.int32)  # border: rows 0 and 5, columns 0 and 7
+    ids[0, :, 2:4, 3:5] = 1  # slot 0: inside in every frame
+    ids[0, 1, 1:3, 6:8] = 2  # slot 1: touches the right border in frame t
+    ids[0, 1, 3:5, 1:3] = 3  # slot 2: inside in frame t ...
+    ids[0, 2, 0, 0] = 3  # ... but in the corner of frame t+1
+    cut = np.asarray(oracle.cut_by_border(ids, num_slots=3))
+    np.testing.assert_array_equal(cut[0], np.isin(ids[0, 1], [2, 3]))
+    assert cut[0].sum() == 8
+
+
+def test_shift_onto_moves_boxes_onto_the_target():
+    from mal_jax.oracle_shifts import shift_onto
+
+    source = np.zeros((3, 10, 12), bool)
+    target = np.zeros((3, 10, 12), bool)
+    source[0, 2:5, 3:6], target[0, 4:8, 6:8] = True, True  # inside: centres (3, 4) -> (5.5, 6.5)
+    source[1, 3:6, 0:4], target[1, 3:6, 0:7] = True, True  # cut by the left border: right edge
+    source[2, 1:3, 1:3] = True  # no target pixels: not moved
+    rows, cols = (np.asarray(shift_onto(source, target, axis)) for axis in (1, 2))
+    assert rows.tolist() == [2, 0, 0]  # round(2.5) = 2 (half to even)
+    assert cols.tolist() == [2, 3, 0]
+
+
+@pytest.mark.parametrize("object_step_px", [4, -6])
+def test_frame_t_shifts_agree_with_mal_where_motion_is_linear(object_step_px):
+    """On a constant-velocity object MAL's half-displacement is the exact shift, so moving the
+    warped copies straight onto frame t changes nothing."""
+    batch = _planar_scene(object_step_px)
+    ours = jax.device_get(_maps(batch, frame_t_shifts=True))
+    np.testing.assert_array_equal(ours["mal"], jax.device_get(_maps(batch))["mal"])
 
 
 def test_unmatched_object_gets_no_hint():
@@ -162,6 +198,7 @@ def test_cli_tiny_run(tmp_path, capsys):
     assert numbers["moving_pixels"] > 0
     assert f"{numbers['moving_baseline']:.5f}" == match.group(1)
     assert f"{numbers['moving_mal']:.5f}" == match.group(2)
+    assert numbers["frame_t_shifts"] is False and 0 <= numbers["clipped_fraction"] <= 1
     exact = 100 * (numbers["moving_baseline"] - numbers["moving_mal"]) / numbers["moving_baseline"]
     assert abs(reduction - exact) <= 0.05 + 1e-9
 
