@@ -11,6 +11,7 @@ that move between frames, so MAL's matching and synthesis do real work.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 import time
@@ -104,6 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=12)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no_mal", action="store_true", help="plain ManyDepth losses")
+    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.height % 32 or args.width % 32:
         parser.error(f"--height/--width must be multiples of 32, got {args.height}x{args.width}")
@@ -115,6 +117,11 @@ def main(argv=None) -> int:
     print(f"images_per_s {result['images_per_s']:.2f}")
     print(f"peak_memory_gib {result['peak_bytes'] / 2**30:.2f} ({result['peak_kind']})")
     print(f"step_s {result['step_s']:.4f}")
+    if args.json:
+        settings = {"height": args.height, "width": args.width, "batch_size": args.batch_size,
+                    "steps": args.steps, "mal": not args.no_mal}
+        with open(args.json, "w") as handle:
+            json.dump({**settings, **result}, handle, indent=1)
     return 0
 
 

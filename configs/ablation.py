@@ -1,0 +1,42 @@
+"""MAL's ablation on the embedded scenes (``python -m mal_jax.ablation``), sized for a CPU.
+
+Every seed pretrains one ManyDepth from random weights, then the five rows of
+``mal_jax.ablation.ROWS`` fine-tune it with the MAL parts of that row, as the MAL paper
+fine-tunes a trained ManyDepth. The image size and bin count are reduced from the paper's so
+that the whole ablation (two seeds: two pretrainings, ten fine-tunings, twelve evaluations)
+fits in about 100 minutes on 2 CPU cores; the fine-tuning part (rate, teacher kept training,
+MAL settings) is the paper's.
+
+No ImageNet weights can be downloaded here, and from random weights the photometric loss
+leaves the depth/translation scale free: it drifts until depth saturates at ``min_depth`` and
+the gradients vanish (measured: bins 0.1-0.4 m after 340 steps). Every run therefore adds
+PackNet-SfM's velocity loss on the pose network (``loss.velocity_weight``), the same in every
+row; it touches only the translation length, not the moving objects MAL is about.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()  # MAL parts: set per row by mal_jax.ablation
+    config.data.height = 64  # pixels (paper: 192)
+    config.data.width = 192  # pixels (paper: 640)
+    config.data.num_train_samples = 600  # fine-tuning triplets (embedded split: 4400)
+    config.data.num_eval_samples = 320  # the whole embedded test split
+    config.model.num_depth_bins = 32  # cost-volume hypotheses (paper: 96)
+    config.loss.velocity_weight = 1.0  # velocity loss, every phase and row (paper: 0, off)
+    config.training.image_every_steps = 0  # no image summaries: keeps the runs fast
+    config.training.checkpoint_every_steps = 150  # steps (one epoch at 600 triplets, batch 4)
+    config.training.lr_decay_epoch = -1  # constant rate while fine-tuning, as mal_finetune.py
+    config.training.freeze_teacher_epoch = -1  # teacher and pose keep training, as in MAL
+    config.evaluation.write_images = 3  # example PNGs per run (input, disparity, error)
+
+    ablation = config.ablation = ml_collections.ConfigDict()
+    ablation.seeds = (0, 1)  # one pretraining and five fine-tunings per seed (issue: >= 2)
+    ablation.pretrain_num_train_samples = 1800  # pretraining triplets (the first of the split)
+    ablation.pretrain_epochs = 2  # ManyDepth from random weights, epochs of those triplets
+    ablation.pretrain_learning_rate = 1e-4  # Adam rate of the pretraining (paper: 1e-4)
+    ablation.finetune_epochs = 2  # fine-tuning epochs per row (MAL's lambda: 3, then 1.5)
+    return config

@@ -1,0 +1,289 @@
+"""MAL's ablation on the embedded dataset: one ManyDepth per seed, fine-tuned five ways.
+
+The MAL paper fine-tunes a trained ManyDepth with its losses. At CPU scale this module does the
+same on the embedded synthetic scenes, one seed of ``config.ablation.seeds`` after the other:
+
+1. *pretrain*: ManyDepth (no MAL part) from random initialisation with that seed, on the first
+   ``ablation.pretrain_num_train_samples`` triplets for ``ablation.pretrain_epochs`` ->
+   ``<workdir>/pretrain/seed_<s>``, evaluated as the starting point (:data:`START`);
+2. each row of :data:`ROWS` fine-tunes that checkpoint for ``ablation.finetune_epochs`` with
+   the same seed (same data order and augmentation) and its MAL parts switched on ->
+   ``<workdir>/<row>/seed_<s>``; the baseline row fine-tunes with ManyDepth's own loss, so
+   every row gets the same number of steps from the same weights;
+3. each fine-tuned model is evaluated on the test split (``evaluation.protocol``: all and
+   moving-object pixels, multi-frame model and teacher).
+
+Every phase keeps the config's ``loss.velocity_weight`` (configs/ablation.py says why).
+Runs resume from their workdirs, so an interrupted ablation restarts where it stopped.
+:func:`summarize` reduces the per-run results to the mean and half-range over seeds, and the
+change of every row against the baseline of the same seed.
+
+``python -m mal_jax.ablation --config=configs/ablation.py --workdir=W [--results_dir=results]``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from clu import metric_writers
+
+from mal_jax import trainer as trainer_lib
+
+# What a row reports: every metric of the evaluation, for both networks and both regions.
+REPORTED = ("abs_rel", "sq_rel", "rmse", "a1")
+MODELS = ("multi_frame", "teacher")
+REGIONS = ("all", "moving")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the ablation table: which MAL parts the fine-tuning uses."""
+
+    name: str  # folder and JSON key
+    label: str  # table label
+    temporal: bool  # temporal hints (teacher and student)
+    distil: bool  # distillation hints with the ensemble candidate
+    loss_balance: bool  # balancing of original vs distillation loss
+
+
+ROWS = (
+    Row("baseline", "ManyDepth", temporal=False, distil=False, loss_balance=False),
+    Row("temporal", "+ temporal hints", temporal=True, distil=False, loss_balance=False),
+    Row("distil", "+ distillation hints", temporal=False, distil=True, loss_balance=False),
+    Row("both", "+ both", temporal=True, distil=True, loss_balance=False),
+    Row("mal", "+ both + loss balancing (MAL)", temporal=True, distil=True, loss_balance=True),
+)
+BASELINE = ROWS[0].name
+# Key of the pretrained models every row starts from (evaluated too: the starting point).
+START = "pretrained"
+
+
+def with_mal_parts(config: ml_collections.ConfigDict, row: Row) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with exactly ``row``'s MAL parts on."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.mal.temporal = config.mal.main_temporal = row.temporal
+    config.mal.distil = config.mal.ensemble = row.distil
+    config.mal.loss_balance = row.loss_balance
+    return config
+
+
+def pretrain_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """ManyDepth from scratch with ``seed``: the starting point every row shares."""
+    pretrain = with_mal_parts(config, ROWS[0])
+    pretrain.training.seed = seed
+    pretrain.data.num_train_samples = config.ablation.pretrain_num_train_samples
+    pretrain.training.num_epochs = config.ablation.pretrain_epochs
+    pretrain.training.learning_rate = config.ablation.pretrain_learning_rate
+    pretrain.training.lr_decay_epoch = -1
+    pretrain.training.freeze_teacher_epoch = -1
+    pretrain.model.weights_folder = ""
+    return pretrain
+
+
+def finetune_config(config: ml_collections.ConfigDict, row: Row, seed: int,
+                    pretrained: str) -> ml_collections.ConfigDict:
+    """Row ``row`` fine-tuning the ``pretrained`` workdir with ``seed``."""
+    finetune = with_mal_parts(config, row)
+    finetune.training.seed = seed
+    finetune.training.num_epochs = config.ablation.finetune_epochs
+    finetune.model.weights_folder = pretrained
+    return finetune
+
+
+def _trainer(config, workdir: str, compiled: dict, key: str) -> trainer_lib.Trainer:
+    """A trainer for one run that reuses the programs of the first run of the same ``key``."""
+    run = trainer_lib.Trainer(config, workdir)
+    if key in compiled:
+        run.reuse_programs(compiled[key])
+    else:
+        compiled[key] = run
+    return run
+
+
+def _train_and_evaluate(config, workdir: str, compiled: dict, key: str) -> tuple[dict, dict]:
+    """Train (or resume) one run, reusing ``compiled[key]``'s programs; evaluate it.
+
+    Returns the evaluation results and the run's timing: steps trained by this call and their
+    wall-clock seconds (the first run of a key includes compiling its step).
+    """
+    compiles = key not in compiled
+    run = _trainer(config, workdir, compiled, key)
+    start_step = run.manager.latest_step() or 0
+    tic = time.perf_counter()
+    state = run.run()
+    seconds = time.perf_counter() - tic
+    steps = int(jax.device_get(state.step)) - start_step
+    writer = metric_writers.create_default_writer(workdir, just_logging=True)
+    results = run.evaluate(state, writer, int(jax.device_get(state.step)))
+    return results, {"steps": steps, "train_s": round(seconds, 1), "compiles": compiles}
+
+
+def run_ablation(config: ml_collections.ConfigDict, workdir: str,
+                 rows: tuple[Row, ...] = ROWS) -> dict:
+    """Pretrain, fine-tune and evaluate every row, one seed after the other; returns the
+    per-run metrics ``{row: {seed: evaluate() metrics}}``, with the pretrained starting points
+    under :data:`START`. ``<workdir>/ablation_runs.json`` is rewritten after every run, so an
+    interrupted ablation leaves what it finished; ``ablation_timing.json`` beside it holds each
+    run's steps and training seconds."""
+    seeds = [int(seed) for seed in config.ablation.seeds]
+    compiled: dict = {}
+    names = (START, *(row.name for row in rows))
+    runs: dict = {name: {} for name in names}
+    timing: dict = {name: {} for name in names}
+
+    def record(name: str, seed: int, outcome: tuple[dict, dict]) -> None:
+        runs[name][str(seed)], timing[name][str(seed)] = outcome[0]["metrics"], outcome[1]
+        for file_name, content in (("ablation_runs.json", runs),
+                                   ("ablation_timing.json", timing)):
+            with open(os.path.join(workdir, file_name), "w") as handle:
+                json.dump(content, handle, indent=1)
+
+    for seed in seeds:
+        pretrained = os.path.join(workdir, "pretrain", f"seed_{seed}")
+        record(START, seed, _train_and_evaluate(pretrain_config(config, seed), pretrained,
+                                                compiled, START))
+        for row in rows:
+            record(row.name, seed, _train_and_evaluate(
+                finetune_config(config, row, seed, pretrained),
+                os.path.join(workdir, row.name, f"seed_{seed}"), compiled, row.name))
+    return runs
+
+
+def summarize(runs: dict) -> dict:
+    """Mean and half-range over seeds per row/model/region/metric, and each row's relative
+    change of AbsRel against the baseline of the same seed (paired: same start, same data).
+
+    ``runs``: ``{row: {seed: {model: {region: {metric: value}}}}}`` as :func:`run_ablation`
+    returns. Relative changes are in percent, negative = lower error than the baseline.
+    """
+    summary: dict = {}
+    for row, by_seed in runs.items():
+        seeds = sorted(by_seed)
+        entry: dict = {"seeds": seeds}
+        for model in MODELS:
+            for region in REGIONS:
+                for metric in REPORTED:
+                    values = np.array([by_seed[s][model][region][metric] for s in seeds])
+                    entry[f"{model}/{region}/{metric}"] = {
+                        "mean": float(np.mean(values)),
+                        "half_range": float((values.max() - values.min()) / 2),
+                        "per_seed": [float(v) for v in values],
+                    }
+                if BASELINE in runs and row != BASELINE:
+                    base = np.array([runs[BASELINE][s][model][region]["abs_rel"] for s in seeds])
+                    ours = np.array([by_seed[s][model][region]["abs_rel"] for s in seeds])
+                    change = 100.0 * (ours - base) / base
+                    entry[f"{model}/{region}/abs_rel_change_pct"] = {
+                        "mean": float(np.mean(change)), "per_seed": [float(c) for c in change]}
+        summary[row] = entry
+    return summary
+
+
+def _cell(entry: dict, key: str) -> str:
+    value = entry[key]
+    return f"{value['mean']:.4f} ± {value['half_range']:.4f}"
+
+
+def markdown_table(summary: dict, model: str) -> str:
+    """One model's table: AbsRel/SqRel/RMSE/a1 on all and moving pixels, mean ± half-range,
+    and the paired AbsRel change against the baseline."""
+    labels = {row.name: row.label for row in ROWS}
+    labels[START] = "start: pretrained ManyDepth"
+    header = ("| row | AbsRel all | AbsRel moving | Δ AbsRel all | Δ AbsRel moving | SqRel all "
+              "| SqRel moving | RMSE all | RMSE moving | δ<1.25 all | δ<1.25 moving |")
+    lines = [header, "|---" + "|---:" * 10 + "|"]
+    for row, entry in summary.items():
+        changes = []
+        for region in REGIONS:
+            key = f"{model}/{region}/abs_rel_change_pct"
+            changes.append(f"{entry[key]['mean']:+.1f}%" if key in entry else "")
+        cells = [_cell(entry, f"{model}/all/abs_rel"), _cell(entry, f"{model}/moving/abs_rel"),
+                 *changes]
+        for metric in ("sq_rel", "rmse", "a1"):
+            cells += [_cell(entry, f"{model}/{region}/{metric}") for region in REGIONS]
+        lines.append(f"| {labels.get(row, row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(summary: dict, row: str = "mal", model: str = "multi_frame") -> str:
+    """The issue's target in one line: moving-pixel AbsRel down >= 10% in every seed while the
+    all-pixel AbsRel does not rise."""
+    moving = summary[row][f"{model}/moving/abs_rel_change_pct"]["per_seed"]
+    every = summary[row][f"{model}/all/abs_rel_change_pct"]["per_seed"]
+    # Compared at the 0.1% the line prints: -10.0% (say 0.45 vs 0.50) counts as met.
+    met = all(round(c, 1) <= -10.0 for c in moving) and all(round(c, 1) <= 0.0 for c in every)
+    return (f"{row} vs baseline ({model}): moving AbsRel change per seed "
+            f"{', '.join(f'{c:+.1f}%' for c in moving)}; all-pixel "
+            f"{', '.join(f'{c:+.1f}%' for c in every)}; target (<= -10% moving, <= 0% all) "
+            f"{'met' if met else 'not met'}")
+
+
+def export(workdir: str, runs: dict, summary: dict, results_dir: str,
+           example_rows: tuple[str, ...] = (BASELINE, "mal"), num_examples: int = 3) -> None:
+    """Small files for the repository: the per-run metrics and timings, the summary, the tables,
+    and the first seed's example PNGs (input frame, disparity, AbsRel error) of ``example_rows``."""
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "ablation_runs.json"), "w") as handle:
+        json.dump(runs, handle, indent=1)
+    with open(os.path.join(results_dir, "ablation_summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=1)
+    with open(os.path.join(results_dir, "ablation.md"), "w") as handle:
+        handle.write(report(summary))
+    shutil.copy(os.path.join(workdir, "ablation_timing.json"), results_dir)
+    examples = os.path.join(results_dir, "examples")
+    os.makedirs(examples, exist_ok=True)
+    for row in example_rows:
+        seed = min(runs[row], key=int)
+        images = os.path.join(workdir, row, f"seed_{seed}", "eval_images")
+        for index in range(num_examples):
+            names = [f"{index:04d}_{model}_{kind}.png" for model in MODELS
+                     for kind in ("disp", "abs_rel_error")]
+            for name in names:
+                shutil.copy(os.path.join(images, name), os.path.join(examples, f"{row}_{name}"))
+            shutil.copy(os.path.join(images, f"{index:04d}_input.png"),
+                        os.path.join(examples, f"{index:04d}_input.png"))
+
+
+def report(summary: dict) -> str:
+    parts = []
+    for model, title in (("multi_frame", "Multi-frame model"), ("teacher", "Teacher")):
+        parts += [f"### {title}", "", markdown_table(summary, model), ""]
+    if "mal" in summary and BASELINE in summary:
+        parts += [verdict(summary, model=model) for model in MODELS]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    from mal_jax.data.pipeline import hide_gpus_from_tf
+
+    hide_gpus_from_tf()
+    values = flags.FLAGS
+    config = values.config
+    runs = run_ablation(config, values.workdir)
+    summary = summarize(runs)
+    with open(os.path.join(values.workdir, "ablation_summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=1)
+    if values.results_dir:
+        export(values.workdir, runs, summary, values.results_dir)
+    print(report(summary))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "ablation config, e.g. configs/ablation.py")
+    flags.DEFINE_string("workdir", None, "folder of the pretraining and fine-tuning runs")
+    flags.DEFINE_string("results_dir", "", "also write the JSONs, tables and example PNGs here")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

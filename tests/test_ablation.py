@@ -1,0 +1,131 @@
+"""The ablation driver: row configs, the seed summary and its paired changes, and a tiny
+end-to-end ablation (two seeds, two rows) whose files and numbers agree with each other."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import ablation as ablation_config
+from configs import test as test_config
+from mal_jax import ablation
+
+
+def _metrics(abs_rel_all, abs_rel_moving):
+    block = {"abs_rel": 0.0, "sq_rel": 1.0, "rmse": 2.0, "a1": 0.5}
+    return {model: {"all": dict(block, abs_rel=abs_rel_all),
+                    "moving": dict(block, abs_rel=abs_rel_moving)}
+            for model in ablation.MODELS}
+
+
+def test_rows_switch_exactly_their_mal_parts():
+    base = ablation_config.get_config()
+    names = [row.name for row in ablation.ROWS]
+    assert names == ["baseline", "temporal", "distil", "both", "mal"]
+    expected = {  # (temporal, main_temporal, distil, ensemble, loss_balance)
+        "baseline": (False, False, False, False, False),
+        "temporal": (True, True, False, False, False),
+        "distil": (False, False, True, True, False),
+        "both": (True, True, True, True, False),
+        "mal": (True, True, True, True, True),
+    }
+    for row in ablation.ROWS:
+        config = ablation.finetune_config(base, row, seed=7, pretrained="/pre/seed_7")
+        mal = config.mal
+        assert (mal.temporal, mal.main_temporal, mal.distil, mal.ensemble,
+                mal.loss_balance) == expected[row.name]
+        assert config.training.seed == 7 and config.model.weights_folder == "/pre/seed_7"
+        assert config.training.num_epochs == base.ablation.finetune_epochs
+    # The base config is not modified by building rows from it.
+    assert base.mal.loss_balance and base.model.weights_folder == ""
+    pretrain = ablation.pretrain_config(base, seed=3)
+    assert not (pretrain.mal.temporal or pretrain.mal.distil)
+    assert pretrain.loss.automasking and pretrain.training.learning_rate == 1e-4
+    assert pretrain.training.num_epochs == base.ablation.pretrain_epochs
+    assert pretrain.data.num_train_samples == base.ablation.pretrain_num_train_samples
+    assert pretrain.loss.velocity_weight == base.loss.velocity_weight > 0  # every phase
+
+
+def test_summary_means_half_ranges_and_paired_changes():
+    runs = {
+        "baseline": {"0": _metrics(0.20, 0.40), "1": _metrics(0.10, 0.50)},
+        "mal": {"0": _metrics(0.20, 0.30), "1": _metrics(0.11, 0.45)},
+    }
+    summary = ablation.summarize(runs)
+    moving = summary["baseline"]["teacher/moving/abs_rel"]
+    assert moving["mean"] == pytest.approx(0.45) and moving["half_range"] == pytest.approx(0.05)
+    change = summary["mal"]["multi_frame/moving/abs_rel_change_pct"]
+    # Paired per seed: (0.30 - 0.40) / 0.40 and (0.45 - 0.50) / 0.50.
+    np.testing.assert_allclose(change["per_seed"], [-25.0, -10.0])
+    assert change["mean"] == pytest.approx(-17.5)
+    assert "multi_frame/moving/abs_rel_change_pct" not in summary["baseline"]
+    # Seed 1 raises the all-pixel AbsRel by 10%: the target is not met.
+    line = ablation.verdict(summary)
+    assert "-25.0%, -10.0%" in line and "+0.0%, +10.0%" in line and line.endswith("not met")
+    runs["mal"]["1"] = _metrics(0.10, 0.45)
+    assert ablation.verdict(ablation.summarize(runs)).endswith("target (<= -10% moving, <= 0% "
+                                                               "all) met")
+
+
+def test_report_has_a_line_per_row_and_model():
+    runs = {row.name: {"0": _metrics(0.2, 0.4)} for row in ablation.ROWS}
+    text = ablation.report(ablation.summarize(runs))
+    for row in ablation.ROWS:
+        assert text.count(f"| {row.label} | ") == 2  # multi-frame and teacher tables
+    assert "| + both + loss balancing (MAL) | 0.2000 ± 0.0000 | 0.4000 ± 0.0000 | +0.0% |" in text
+
+
+@pytest.fixture(scope="module")
+def tiny_ablation(tmp_path_factory):
+    config = test_config.get_config()
+    config.ablation = ablation_config.get_config().ablation
+    config.ablation.seeds = (0, 1)
+    config.ablation.pretrain_epochs = 1
+    config.ablation.pretrain_num_train_samples = 4
+    config.loss.velocity_weight = 1.0
+    config.ablation.finetune_epochs = 1
+    config.training.freeze_teacher_step = -1
+    config.training.freeze_teacher_epoch = -1
+    config.training.lr_decay_epoch = -1
+    config.training.image_every_steps = 0
+    workdir = str(tmp_path_factory.mktemp("ablation"))
+    rows = (ablation.ROWS[0], ablation.ROWS[-1])
+    runs = ablation.run_ablation(config, workdir, rows)
+    return config, workdir, runs
+
+
+def test_tiny_ablation_fine_tunes_each_seeds_pretraining(tiny_ablation):
+    config, workdir, runs = tiny_ablation
+    assert set(runs) == {ablation.START, "baseline", "mal"}
+    assert all(set(v) == {"0", "1"} for v in runs.values())
+    with open(os.path.join(workdir, "ablation_runs.json")) as handle:
+        assert json.load(handle) == json.loads(json.dumps(runs))
+    for row in ("baseline", "mal"):
+        for seed in (0, 1):
+            run_dir = os.path.join(workdir, row, f"seed_{seed}")
+            with open(os.path.join(run_dir, "config.json")) as handle:
+                saved = json.load(handle)
+            assert saved["model"]["weights_folder"] == os.path.join(workdir, "pretrain",
+                                                                    f"seed_{seed}")
+            assert saved["training"]["seed"] == seed
+            assert saved["mal"]["loss_balance"] == (row == "mal")
+            with open(os.path.join(run_dir, "eval_results.json")) as handle:
+                assert json.load(handle)["metrics"] == json.loads(json.dumps(runs[row][str(seed)]))
+    # Different seeds pretrain differently, so the results differ.
+    assert runs["mal"]["0"] != runs["mal"]["1"]
+
+
+def test_tiny_ablation_export(tiny_ablation, tmp_path):
+    _, workdir, runs = tiny_ablation
+    summary = ablation.summarize(runs)
+    ablation.export(workdir, runs, summary, str(tmp_path), num_examples=1)
+    with open(tmp_path / "ablation_summary.json") as handle:
+        saved = json.load(handle)
+    values = [runs["mal"][s]["teacher"]["moving"]["sq_rel"] for s in ("0", "1")]
+    assert saved["mal"]["teacher/moving/sq_rel"]["half_range"] == pytest.approx(
+        abs(values[0] - values[1]) / 2)
+    assert (tmp_path / "ablation.md").read_text() == ablation.report(summary)
+    examples = sorted(os.listdir(tmp_path / "examples"))
+    assert "0000_input.png" in examples and "mal_0000_multi_frame_disp.png" in examples
+    assert len(examples) == 1 + 2 * 4  # input + rows x models x (disparity, error)
