@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
     # ---------------------------------------------------------------- loss
     loss = config.loss = ml_collections.ConfigDict()
     loss.disparity_smoothness = 1e-3  # edge-aware smoothness weight (paper: 1e-3)
+    # Decoder scales ManyDepth's loss averages over, a subset of model.scales (paper: 0..3).
+    # MAL's losses use scale 0 only unless mal.multi_scale; ManyDepth itself reads this field.
+    loss.scales = (0, 1, 2, 3)
     loss.automasking = True  # identity-reprojection auto-mask for the teacher (paper: on)
     loss.motion_masking = True  # teacher-vs-cost-volume consistency mask (paper: on)
     loss.matching_augmentation = True  # 25% static camera, 25% zero pose (paper: on)

@@ -38,9 +38,12 @@ class StepSettings:
 def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> StepSettings:
     loss = objective.LossSettings(
         min_depth=config.model.min_depth, max_depth=config.model.max_depth,
-        scales=tuple(config.model.scales), disparity_smoothness=config.loss.disparity_smoothness,
+        scales=tuple(config.loss.scales), disparity_smoothness=config.loss.disparity_smoothness,
         automasking=config.loss.automasking, motion_masking=config.loss.motion_masking,
         velocity_weight=config.loss.velocity_weight)
+    if not config.loss.scales or not set(config.loss.scales) <= set(config.model.scales):
+        raise ValueError(f"config.loss.scales={tuple(config.loss.scales)} must be a non-empty "
+                         f"subset of config.model.scales={tuple(config.model.scales)}")
     if config.loss.velocity_weight and config.data.dataset != "synthetic":
         raise ValueError(f"config.loss.velocity_weight={config.loss.velocity_weight} needs the "
                          f"true camera poses, which only the synthetic dataset provides "

@@ -9,7 +9,7 @@ import pytest
 
 from configs import ablation as ablation_config
 from configs import test as test_config
-from mal_jax import ablation
+from mal_jax import ablation, train_step
 
 
 def _metrics(abs_rel_all, abs_rel_moving):
@@ -22,9 +22,10 @@ def _metrics(abs_rel_all, abs_rel_moving):
 def test_rows_switch_exactly_their_mal_parts():
     base = ablation_config.get_config()
     names = [row.name for row in ablation.ROWS]
-    assert names == ["baseline", "temporal", "distil", "both", "mal"]
+    assert names == ["baseline", "baseline_scale0", "temporal", "distil", "both", "mal"]
     expected = {  # (temporal, main_temporal, distil, ensemble, loss_balance)
         "baseline": (False, False, False, False, False),
+        "baseline_scale0": (False, False, False, False, False),
         "temporal": (True, True, False, False, False),
         "distil": (False, False, True, True, False),
         "both": (True, True, True, True, False),
@@ -37,6 +38,10 @@ def test_rows_switch_exactly_their_mal_parts():
                 mal.loss_balance) == expected[row.name]
         assert config.training.seed == 7 and config.model.weights_folder == "/pre/seed_7"
         assert config.training.num_epochs == base.ablation.finetune_epochs
+        # Only the control changes ManyDepth's loss scales (MAL's own losses use scale 0).
+        scales = (0,) if row.name == ablation.CONTROL else (0, 1, 2, 3)
+        assert tuple(config.loss.scales) == scales
+        assert train_step.step_settings(config, 150).loss.scales == scales
     # The base config is not modified by building rows from it.
     assert base.mal.loss_balance and base.model.weights_folder == ""
     pretrain = ablation.pretrain_config(base, seed=3)
@@ -60,6 +65,7 @@ def test_summary_means_half_ranges_and_paired_changes():
     np.testing.assert_allclose(change["per_seed"], [-25.0, -10.0])
     assert change["mean"] == pytest.approx(-17.5)
     assert "multi_frame/moving/abs_rel_change_pct" not in summary["baseline"]
+    assert "multi_frame/moving/abs_rel_change_vs_control_pct" not in summary["mal"]  # no control
     # Seed 1 raises the all-pixel AbsRel by 10%: the target is not met.
     line = ablation.verdict(summary)
     assert "-25.0%, -10.0%" in line and "+0.0%, +10.0%" in line and line.endswith("not met")
@@ -68,12 +74,33 @@ def test_summary_means_half_ranges_and_paired_changes():
                                                                "all) met")
 
 
+def test_mal_rows_are_also_compared_with_the_control():
+    runs = {"baseline": {"0": _metrics(0.20, 0.40)},
+            "baseline_scale0": {"0": _metrics(0.25, 0.50), "1": _metrics(0.30, 0.60)},
+            "temporal": {"0": _metrics(0.20, 0.45), "1": _metrics(0.15, 0.30)}}
+    summary = ablation.summarize(runs)
+    # Against the baseline only seed 0 pairs up; against the control both seeds do.
+    np.testing.assert_allclose(
+        summary["temporal"]["teacher/moving/abs_rel_change_pct"]["per_seed"], [12.5])
+    np.testing.assert_allclose(
+        summary["temporal"]["teacher/moving/abs_rel_change_vs_control_pct"]["per_seed"],
+        [-10.0, -50.0])
+    assert summary["baseline_scale0"]["teacher/all/abs_rel_change_pct"]["mean"] == pytest.approx(
+        25.0)
+    assert "teacher/all/abs_rel_change_vs_control_pct" not in summary["baseline_scale0"]
+    line = ablation.verdict(summary, row="temporal", suffix="abs_rel_change_vs_control_pct")
+    assert line.startswith("temporal vs baseline_scale0") and line.endswith(" met")
+
+
 def test_report_has_a_line_per_row_and_model():
     runs = {row.name: {"0": _metrics(0.2, 0.4)} for row in ablation.ROWS}
     text = ablation.report(ablation.summarize(runs))
     for row in ablation.ROWS:
         assert text.count(f"| {row.label} | ") == 2  # multi-frame and teacher tables
-    assert "| + both + loss balancing (MAL) | 0.2000 ± 0.0000 | 0.4000 ± 0.0000 | +0.0% |" in text
+    assert ("| + both + loss balancing (MAL) | 0.2000 ± 0.0000 | 0.4000 ± 0.0000 | +0.0% | +0.0% "
+            "| +0.0% | +0.0% |") in text
+    # Equal metrics everywhere: no change, so the target is not met (2 references x 2 models).
+    assert text.count("target (<= -10% moving, <= 0% all) not met") == 4
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +141,14 @@ def test_tiny_ablation_fine_tunes_each_seeds_pretraining(tiny_ablation):
                 assert json.load(handle)["metrics"] == json.loads(json.dumps(runs[row][str(seed)]))
     # Different seeds pretrain differently, so the results differ.
     assert runs["mal"]["0"] != runs["mal"]["1"]
+    with open(os.path.join(workdir, "ablation_timing.json")) as handle:
+        timing = json.load(handle)
+    assert timing["mal"]["0"]["compiles"] and not timing["mal"]["1"]["compiles"]
+    assert timing["mal"]["1"]["steps"] == 4  # 8 triplets, batch 2, one epoch
+    # Run again: every run is found finished and evaluated, so nothing trains or changes.
+    assert ablation.run_ablation(config, workdir, (ablation.ROWS[0], ablation.ROWS[-1])) == runs
+    with open(os.path.join(workdir, "ablation_timing.json")) as handle:
+        assert json.load(handle) == timing
 
 
 def test_tiny_ablation_export(tiny_ablation, tmp_path):
