@@ -1,13 +1,14 @@
-"""MAL's ablation on the embedded dataset: one ManyDepth per seed, fine-tuned five ways.
+"""MAL's ablation on the embedded dataset: a trained ManyDepth, fine-tuned six ways per seed.
 
 The MAL paper fine-tunes a trained ManyDepth with its losses. At CPU scale this module does the
-same on the embedded synthetic scenes, one seed of ``config.ablation.seeds`` after the other:
+same on the embedded synthetic scenes, for every seed of ``config.ablation.seeds``:
 
-1. *pretrain*: ManyDepth (no MAL part) from random initialisation with that seed, on the first
-   ``ablation.pretrain_num_train_samples`` triplets for ``ablation.pretrain_epochs`` ->
-   ``<workdir>/pretrain/seed_<s>``, evaluated as the starting point (:data:`START`);
+1. *pretrain*: ManyDepth (no MAL part) from random initialisation with seed
+   ``ablation.pretrain_seed`` (or, if that is -1, with each fine-tuning seed in turn), on the
+   first ``ablation.pretrain_num_train_samples`` triplets for ``ablation.pretrain_epochs`` ->
+   ``<workdir>/pretrain/seed_<p>``, evaluated as the starting point (:data:`START`);
 2. each row of :data:`ROWS` fine-tunes that checkpoint for ``ablation.finetune_epochs`` with
-   the same seed (same data order and augmentation) and its MAL parts switched on ->
+   the seed (same data order and augmentation in every row) and its MAL parts switched on ->
    ``<workdir>/<row>/seed_<s>``; the baseline row fine-tunes with ManyDepth's own loss, so
    every row gets the same number of steps from the same weights;
 3. each fine-tuned model is evaluated on the test split (``evaluation.protocol``: all and
@@ -24,6 +25,7 @@ change of every row against the baseline of the same seed.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import shutil
@@ -96,6 +98,12 @@ def pretrain_config(config: ml_collections.ConfigDict, seed: int) -> ml_collecti
     return pretrain
 
 
+def pretrain_seed(config: ml_collections.ConfigDict, seed: int) -> int:
+    """The pretraining that fine-tuning seed ``seed`` starts from."""
+    shared = int(config.ablation.pretrain_seed)
+    return seed if shared == -1 else shared
+
+
 def finetune_config(config: ml_collections.ConfigDict, row: Row, seed: int,
                     pretrained: str) -> ml_collections.ConfigDict:
     """Row ``row`` fine-tuning the ``pretrained`` workdir with ``seed``."""
@@ -121,6 +129,16 @@ class _Programs:
         else:
             self.trainers[key] = run
         return run
+
+    def release(self, key: str) -> None:
+        """Drop the programs of ``key`` (no later run uses them): frees their memory."""
+        if self.trainers.pop(key, None) is not None:
+            gc.collect()
+            jax.clear_caches()
+
+
+def _pretrain_dir(workdir: str, seed: int) -> str:
+    return os.path.join(workdir, "pretrain", f"seed_{seed}")
 
 
 def _finished_results(run: trainer_lib.Trainer) -> dict | None:
@@ -159,11 +177,11 @@ def _train_and_evaluate(config, workdir: str, programs: _Programs,
 
 def run_ablation(config: ml_collections.ConfigDict, workdir: str,
                  rows: tuple[Row, ...] = ROWS) -> dict:
-    """Pretrain, fine-tune and evaluate every row, one seed after the other; returns the
-    per-run metrics ``{row: {seed: evaluate() metrics}}``, with the pretrained starting points
-    under :data:`START`. ``<workdir>/ablation_runs.json`` is rewritten after every run, so an
-    interrupted ablation leaves what it finished; ``ablation_timing.json`` beside it holds each
-    run's steps and training seconds."""
+    """Pretrain, then fine-tune and evaluate every row for every seed; returns the per-run
+    metrics ``{row: {seed: evaluate() metrics}}``, with the pretrained starting points under
+    :data:`START` (keyed by their pretraining seed). ``<workdir>/ablation_runs.json`` is
+    rewritten after every run, so an interrupted ablation leaves what it finished;
+    ``ablation_timing.json`` beside it holds each run's steps and training seconds."""
     seeds = [int(seed) for seed in config.ablation.seeds]
     programs = _Programs()
     names = (START, *(row.name for row in rows))
@@ -184,14 +202,20 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
             with open(os.path.join(workdir, file_name), "w") as handle:
                 json.dump(content, handle, indent=1)
 
-    for seed in seeds:
-        pretrained = os.path.join(workdir, "pretrain", f"seed_{seed}")
-        record(START, seed, _train_and_evaluate(pretrain_config(config, seed), pretrained,
-                                                programs, START))
-        for row in rows:
+    # Row after row, so that only one row's compiled programs are held at a time (the seeds of
+    # a row share them); the pretrainings come first.
+    starts = {seed: pretrain_seed(config, seed) for seed in seeds}
+    for start_seed in dict.fromkeys(starts.values()):
+        record(START, start_seed, _train_and_evaluate(
+            pretrain_config(config, start_seed), _pretrain_dir(workdir, start_seed), programs,
+            START))
+    programs.release(START)
+    for row in rows:
+        for seed in seeds:
             record(row.name, seed, _train_and_evaluate(
-                finetune_config(config, row, seed, pretrained),
+                finetune_config(config, row, seed, _pretrain_dir(workdir, starts[seed])),
                 os.path.join(workdir, row.name, f"seed_{seed}"), programs, row.name))
+        programs.release(row.name)
     return runs
 
 

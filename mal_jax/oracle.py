@@ -286,6 +286,20 @@ def summarize(totals: dict, num_samples: int) -> dict:
     }
 
 
+def iter_batches(split: str, count: int, batch_size: int, **render):
+    """Batches of :func:`load_triplets` over the first ``count`` samples, with the number of
+    real samples in each. Every batch has ``batch_size`` samples so that one compilation serves
+    them all: the last one is padded with repeats of its first sample (drop their results)."""
+    if count <= 0 or batch_size <= 0:
+        raise ValueError(
+            f"oracle: num_samples and batch_size must be positive, got {count} and {batch_size}")
+    for start in range(0, count, batch_size):
+        indices = list(range(start, min(start + batch_size, count)))
+        real = len(indices)
+        indices += [indices[0]] * (batch_size - real)
+        yield load_triplets(split, indices, **render), real
+
+
 def run_oracle(
     split: str = "test",
     num_samples: int | None = None,
@@ -298,26 +312,12 @@ def run_oracle(
     config: TemporalHintConfig = DEFAULT_HINTS,
     frame_t_shifts: bool = False,
 ) -> dict:
-    """Run the oracle over the first ``num_samples`` samples of ``split`` (default: all).
-
-    Batches have a fixed size so one compilation serves all of them: the last one is padded
-    with repeats of its first sample whose sums are dropped.
-    """
+    """Run the oracle over the first ``num_samples`` samples of ``split`` (default: all)."""
     split = synthetic.canonical_split(split)
     count = synthetic.DEFAULT_NUM_SAMPLES[split] if num_samples is None else int(num_samples)
-    if count <= 0 or batch_size <= 0:
-        raise ValueError(
-            f"oracle: num_samples and batch_size must be positive, got "
-            f"{num_samples} and {batch_size}"
-        )
     totals = dict.fromkeys(SUM_KEYS, 0.0)
-    for start in range(0, count, batch_size):
-        indices = list(range(start, min(start + batch_size, count)))
-        real = len(indices)
-        indices += [indices[0]] * (batch_size - real)
-        batch = load_triplets(
-            split, indices, height=height, width=width, seed=seed, max_instances=max_instances
-        )
+    for batch, real in iter_batches(split, count, batch_size, height=height, width=width,
+                                    seed=seed, max_instances=max_instances):
         sums = jax.device_get(_oracle_sums_jit(batch, config, frame_t_shifts))
         for key in SUM_KEYS:
             totals[key] += float(np.sum(np.asarray(sums[key], np.float64)[:real]))

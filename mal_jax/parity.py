@@ -91,28 +91,54 @@ class Context:
         frames = jnp.stack([self.colors[f] for f in (-1, 0, 1)], axis=1)
         self.batch = {"frames": frames, "frames_aug": frames, "K": K, "inv_K": jnp.linalg.inv(K)}
         self._train = None
+        self._grads = None
 
     def _num_bins(self) -> int:
         return int(self.golden.state_dict("encoder")["reduce_conv.0.weight"].shape[1] - 64)
 
+    def _loss_fn(self, variables: dict, batch: dict):
+        """The reference's training-mode loss of ``params`` (aux: parts, outputs, variables)."""
+        settings = objective.LossSettings(tie_break_noise=False)
+
+        def loss_fn(params):
+            outputs, updated = objective.train_forward(
+                self.model, {**variables, "params": params}, batch, *TRAIN_BINS,
+                settings=settings)
+            _, teacher = objective.single_frame_loss(outputs, batch, settings)
+            _, multi = objective.multi_frame_loss(outputs, batch, settings)
+            parts = objective.combine_losses(multi, teacher)
+            return parts["loss"], (parts, outputs, updated)
+
+        return loss_fn
+
     def train_outputs(self):
-        """One reference training-mode loss evaluation: (parts, outputs, grads, variables)."""
+        """One reference training-mode loss evaluation: (parts, outputs, variables)."""
         if self._train is None:
-            settings = objective.LossSettings(tie_break_noise=False)
-
-            def loss_fn(params):
-                variables = {**self.variables, "params": params}
-                outputs, variables = objective.train_forward(
-                    self.model, variables, self.batch, *TRAIN_BINS, settings=settings)
-                _, teacher = objective.single_frame_loss(outputs, self.batch, settings)
-                _, multi = objective.multi_frame_loss(outputs, self.batch, settings)
-                parts = objective.combine_losses(multi, teacher)
-                return parts["loss"], (parts, outputs, variables)
-
-            grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-            (_, (parts, outputs, variables)), grads = grad_fn(self.variables["params"])
-            self._train = jax.device_get((parts, outputs, grads, variables))
+            loss_fn = jax.jit(self._loss_fn(self.variables, self.batch))
+            _, aux = loss_fn(self.variables["params"])
+            self._train = jax.device_get(aux)
         return self._train
+
+    def train_gradients(self):
+        """The gradients of :meth:`train_outputs`' loss, computed in float64.
+
+        In float32 the pose encoder's first BatchNorm gradients (they reach it through the
+        warp and the per-pixel minimum) move with the CPU's rounding by up to 2.5e-3 of their
+        norm (measured on an AMD EPYC; 5.7e-4 on the machine of 2026-11-24). In float64 they
+        agree with the float32 reference to 5.7e-4, so this check measures the port, not the
+        CPU; every other group stays in float32, as training runs.
+        """
+        if self._grads is None:
+            def as_float64(tree):
+                return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
+                                    if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+                                    else a, tree)
+
+            with jax.enable_x64(True):
+                variables, batch = as_float64(self.variables), as_float64(self.batch)
+                grad_fn = jax.jit(jax.grad(self._loss_fn(variables, batch), has_aux=True))
+                self._grads = jax.device_get(grad_fn(variables["params"])[0])
+        return self._grads
 
 
 def group_eval_teacher(ctx: Context) -> list[Check]:
@@ -223,14 +249,14 @@ def _golden_leaves(ctx: Context, tree: dict, prefix: str):
 
 
 def group_gradients(ctx: Context) -> list[Check]:
-    grads = ctx.train_outputs()[2]
+    grads = ctx.train_gradients()
     checks = [compare_norm(name, ours, ref, 1e-3)
               for name, ours, ref in _golden_leaves(ctx, grads, "grad/")]
     return checks + _unmatched(ctx, "grad/", len(checks))
 
 
 def group_running_stats(ctx: Context) -> list[Check]:
-    stats = ctx.train_outputs()[3]["batch_stats"]
+    stats = ctx.train_outputs()[2]["batch_stats"]
     checks = [compare_abs(name, ours, ref, 1e-5)
               for name, ours, ref in _golden_leaves(ctx, stats, "train/bn_after/")]
     return checks + _unmatched(ctx, "train/bn_after/", len(checks))

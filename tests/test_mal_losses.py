@@ -53,7 +53,7 @@ class _StoredOutputsContext:
         self._outputs = _golden_outputs(golden)
 
     def train_outputs(self):
-        return None, self._outputs, None, None
+        return None, self._outputs, None
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mal_jax import oracle
+from mal_jax import oracle, oracle_depth
 from mal_jax.data.synthetic import intrinsics_pyramid
 from mal_jax.temporal_hints import TemporalHintConfig
 
@@ -221,3 +221,53 @@ def test_jitted_sums_match_eager_on_rendered_samples():
     assert eager["moving_pixels"].sum() > 0 and eager["matched_moving_objects"].sum() > 0
     for key in oracle.SUM_KEYS:
         np.testing.assert_allclose(jitted[key], eager[key], rtol=1e-3, atol=1e-3, err_msg=key)
+
+
+@pytest.mark.parametrize("object_step_px", [0, 4])
+def test_a_wrong_object_depth_misaligns_it(object_step_px):
+    """Half or twice the wall depth on the object's frame-t pixels samples its warped copies
+    4 or 1 px away instead of 2: its inside no longer lines up (a depth signal), and with the
+    hints (a superset of candidates) the minimum can only be lower."""
+    batch = _planar_scene(object_step_px)
+    region = "moving_objects" if object_step_px else "static_objects"
+    where = oracle_depth.region_mask(batch, region)
+    assert where.sum() == 144 and not where[:, :, : OBJECT_COLS.start].any()
+    interior = np.zeros_like(where)
+    interior[:, OBJECT_ROWS.start + 2 : OBJECT_ROWS.stop - 2,
+             OBJECT_COLS.start + 2 : OBJECT_COLS.stop - 2] = True
+    exact = jax.device_get(_maps(batch))
+    for scale in (0.5, 2.0):
+        maps = jax.device_get(_maps(oracle_depth.scale_depth(batch, where, scale)))
+        assert maps["baseline"][interior].mean() > 0.05, scale
+        assert (maps["mal"] <= maps["baseline"] + 1e-6).all(), scale
+        # Pixels outside the object keep their depth, so far from it nothing changes.
+        np.testing.assert_array_equal(maps["baseline"][:, :, :10], exact["baseline"][:, :, :10])
+    if object_step_px == 0:  # static: the true depth aligns it exactly
+        assert exact["baseline"][interior].max() < 1e-4
+
+
+def test_depth_signal_is_the_mean_rise_over_factor_one():
+    assert oracle_depth.depth_signal([0.3, 0.1, 0.2], [0.5, 1, 2]) == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="hold 1"):
+        oracle_depth.depth_sweep([0.5, 2.0], num_samples=1)
+    with pytest.raises(ValueError, match="unknown region 'sky'"):
+        oracle_depth.region_mask(_planar_scene(0), "sky")
+
+
+def test_depth_sweep_at_factor_one_is_the_oracle(tmp_path, capsys):
+    json_path = tmp_path / "sweep.json"
+    oracle_depth.main(["--num_samples", "2", "--height", "32", "--width", "96",
+                       "--scales", "0.5,1,2", "--json", str(json_path)])
+    sweep = json.loads(json_path.read_text())
+    plain = oracle.run_oracle("test", 2, height=32, width=96)
+    moving = sweep["moving_objects"]
+    assert moving["pixels"] == plain["moving_pixels"] > 0
+    np.testing.assert_allclose(moving["baseline"][1], plain["moving_baseline"], rtol=1e-4)
+    np.testing.assert_allclose(moving["mal"][1], plain["moving_mal"], rtol=1e-4)
+    assert sweep["static_objects"]["pixels"] > 0
+    # A static object at the wrong depth is misaligned, so its error rises without hints.
+    assert sweep["static_objects"]["depth_signal_baseline"] > 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"static_objects depth_signal baseline="
+                    f"{sweep['static_objects']['depth_signal_baseline']:.5f} "
+                    f"mal={sweep['static_objects']['depth_signal_mal']:.5f}")
