@@ -174,17 +174,21 @@ TWO_DEVICES = textwrap.dedent("""
 
 
 def test_two_devices_equal_one_device_on_same_global_batch(tmp_path):
-    script = TWO_DEVICES.format(repo=REPO, one=str(tmp_path / "one"), two=str(tmp_path / "two"),
-                                cache=jax.config.jax_compilation_cache_dir)
-    # The two host devices are threads on cores the other test worker also uses: under load
-    # one can reach an all-reduce more than XLA's default 40 s after the other, and XLA then
-    # aborts. Those waits are scheduling, not a hang, so allow them.
-    flags = ("--xla_force_host_platform_device_count=2 "
-             "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 "
-             "--xla_cpu_collective_call_terminate_timeout_seconds=900")
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=1200, cwd=REPO)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    # XLA CPU's two host devices are threads; on 2 cores beside another busy test worker one
+    # of them sometimes never reaches an all-reduce (seen 2026-12-02: the process idles, and
+    # XLA aborts it after its 40 s rendezvous timeout). That is XLA's scheduling, not this
+    # code, so an attempt that ends in that abort is run once more; any other outcome counts.
+    for attempt in range(2):
+        workdir = tmp_path / f"attempt_{attempt}"
+        script = TWO_DEVICES.format(repo=REPO, one=str(workdir / "one"),
+                                    two=str(workdir / "two"),
+                                    cache=jax.config.jax_compilation_cache_dir)
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                                text=True, timeout=600, cwd=REPO)
+        if "Termination timeout for `all reduce" not in result.stderr:
+            break
     assert "TWO_DEVICES_OK" in result.stdout, result.stdout + result.stderr[-3000:]
 
 
