@@ -35,7 +35,8 @@ def main(argv):
     from mal_jax.data.pipeline import hide_gpus_from_tf
 
     hide_gpus_from_tf()
-    from mal_jax import depth_inference, evaluate
+    from mal_jax.eval import evaluate
+    from mal_jax.eval import inference as depth_inference
 
     try:
         inference = depth_inference.load_inference(checkpoint)

@@ -26,7 +26,7 @@ def main(argv):
     if FLAGS.distributed:
         jax.distributed.initialize()
     from mal_jax.data.pipeline import hide_gpus_from_tf
-    from mal_jax.trainer import train_and_evaluate
+    from mal_jax.train.trainer import train_and_evaluate
 
     hide_gpus_from_tf()
     logging.info("JAX devices: %s", jax.devices())

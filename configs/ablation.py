@@ -1,7 +1,7 @@
-"""MAL's ablation on the embedded scenes (``python -m mal_jax.ablation``), sized for a CPU.
+"""MAL's ablation on the embedded scenes (``python -m mal_jax.studies.ablation``), sized for a CPU.
 
 One ManyDepth is pretrained from random weights, then for every seed the six rows of
-``mal_jax.ablation.ROWS`` fine-tune it with the MAL parts of that row, as the MAL paper
+``mal_jax.studies.ablation.ROWS`` fine-tune it with the MAL parts of that row, as the MAL paper
 fine-tunes a trained ManyDepth. The image size and bin count are reduced from the paper's so
 that the whole ablation (two seeds: one pretraining, twelve fine-tunings, thirteen evaluations)
 fits in about 2.5 hours on 2 CPU cores; the fine-tuning part (rate, teacher kept training,
@@ -20,7 +20,7 @@ from configs import default
 
 
 def get_config():
-    config = default.get_config()  # MAL parts: set per row by mal_jax.ablation
+    config = default.get_config()  # MAL parts: set per row by mal_jax.studies.ablation
     config.data.height = 64  # pixels (paper: 192)
     config.data.width = 192  # pixels (paper: 640)
     config.data.num_train_samples = 600  # fine-tuning triplets (embedded split: 4400)

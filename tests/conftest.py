@@ -19,6 +19,6 @@ def golden():
     """The reference's golden file; skipped only where ../shared is absent (CI always has it)."""
     if not GOLDEN_PATH.exists():
         pytest.skip(f"golden fixture absent: {GOLDEN_PATH} (../shared not checked out beside repo)")
-    from mal_jax.golden import GoldenFile
+    from mal_jax.port.golden import GoldenFile
 
     return GoldenFile(str(GOLDEN_PATH))

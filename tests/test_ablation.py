@@ -10,7 +10,8 @@ import pytest
 
 from configs import ablation as ablation_config
 from configs import test as test_config
-from mal_jax import ablation, train_step
+from mal_jax.studies import ablation
+from mal_jax.train import step as train_step
 
 
 def _metrics(abs_rel_all, abs_rel_moving):

@@ -4,13 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from mal_jax.convert import (
+from mal_jax.models.manydepth import NETWORK_NAMES, ManyDepth
+from mal_jax.port.convert import (
     CheckpointMismatch,
     convert_state_dicts,
     init_from_torchvision,
     to_state_dict,
 )
-from mal_jax.models.manydepth import NETWORK_NAMES, ManyDepth
 
 
 @pytest.fixture(scope="module")

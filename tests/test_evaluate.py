@@ -16,10 +16,12 @@ from model_variables import random_variables
 from PIL import Image
 
 from configs.default import get_config
-from mal_jax import eval_outputs, evaluate, geometry, metrics, objective
+from mal_jax.core import geometry, objective
 from mal_jax.data import pipeline
 from mal_jax.data.synthetic import intrinsics_pyramid
-from mal_jax.depth_inference import load_inference, make_batch_predictor
+from mal_jax.eval import evaluate, metrics
+from mal_jax.eval import outputs as eval_outputs
+from mal_jax.eval.inference import load_inference, make_batch_predictor
 from mal_jax.models.manydepth import ManyDepth
 
 HEIGHT, WIDTH, BATCH = 64, 96, 3
@@ -274,8 +276,8 @@ def test_end_to_end_synthetic_writes_json_markdown_and_images(inference, tmp_pat
 def test_predictor_reproduces_reference_eval_disparities(golden):
     """The whole eval forward (frame order, inverted lookup pose, bins, disparity scaling)
     against the PyTorch reference's eval-mode outputs."""
-    from mal_jax.convert import convert_state_dicts
-    from mal_jax.golden import nchw_to_nhwc
+    from mal_jax.port.convert import convert_state_dicts
+    from mal_jax.port.golden import nchw_to_nhwc
 
     variables, _ = convert_state_dicts(golden.state_dicts())
     height, width = golden.image_size

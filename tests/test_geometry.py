@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from mal_jax import geometry
-from mal_jax.golden import nchw_to_nhwc
+from mal_jax.core import geometry
+from mal_jax.port.golden import nchw_to_nhwc
 
 
 def _intrinsics(batch, height, width):

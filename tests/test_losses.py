@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mal_jax import geometry, losses
-from mal_jax.golden import nchw_to_nhwc
+from mal_jax.core import geometry, losses
+from mal_jax.port.golden import nchw_to_nhwc
 
 MIN_DEPTH, MAX_DEPTH = 0.1, 100.0  # the golden training run's options
 
@@ -264,7 +264,7 @@ def test_shape_errors_are_clear():
 
 
 def test_velocity_loss_hand_case():
-    from mal_jax import objective
+    from mal_jax.core import objective
 
     def pose(tx, ty, tz):
         transform = np.eye(4, dtype=np.float32)
@@ -286,7 +286,7 @@ def test_velocity_loss_hand_case():
 
 def test_velocity_loss_needs_true_poses():
     from configs import test as test_config
-    from mal_jax import train_step
+    from mal_jax.train import step as train_step
 
     config = test_config.get_config()
     config.loss.velocity_weight = 0.5

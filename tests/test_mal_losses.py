@@ -9,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mal_jax import distillation, geometry, loss_balance, mal_objective, objective, parity_mal
-from mal_jax.golden import nchw_to_nhwc
+from mal_jax.core import geometry, objective
+from mal_jax.mal import distillation, loss_balance
+from mal_jax.mal import objective as mal_objective
+from mal_jax.port import parity_mal
+from mal_jax.port.golden import nchw_to_nhwc
 
 MIN_DEPTH, MAX_DEPTH = 0.1, 100.0
 SETTINGS = objective.LossSettings(tie_break_noise=False)

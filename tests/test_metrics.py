@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mal_jax import metrics
+from mal_jax.eval import metrics
 
 
 def _numpy_errors(gt, pred):

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from mal_jax import oracle, oracle_depth
 from mal_jax.data.synthetic import intrinsics_pyramid
-from mal_jax.temporal_hints import TemporalHintConfig
+from mal_jax.mal.temporal_hints import TemporalHintConfig
+from mal_jax.studies import oracle, oracle_depth
 
 HEIGHT, WIDTH, SLOTS = 24, 64, 4
 WALL_DEPTH = 10.0
@@ -139,7 +139,7 @@ def test_cut_by_border_marks_objects_touching_the_border_in_any_frame():
 
 
 def test_shift_onto_moves_boxes_onto_the_target():
-    from mal_jax.oracle_shifts import shift_onto
+    from mal_jax.studies.oracle_shifts import shift_onto
 
     source = np.zeros((3, 10, 12), bool)
     target = np.zeros((3, 10, 12), bool)

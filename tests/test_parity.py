@@ -2,7 +2,7 @@
 
 import io
 
-from mal_jax import parity
+from mal_jax.port import parity
 
 
 def test_parity_command_passes_every_checked_group(golden):

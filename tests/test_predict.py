@@ -1,4 +1,4 @@
-"""``python -m mal_jax.predict``: per-frame outputs, the rolling previous-frame buffer, the
+"""``python -m mal_jax.eval.predict``: per-frame outputs, the rolling previous-frame buffer, the
 first frame's empty cost volume, teacher mode, and one-line errors for missing inputs."""
 
 import json
@@ -12,7 +12,8 @@ import pytest
 from model_variables import random_variables
 from PIL import Image
 
-from mal_jax import geometry, predict
+from mal_jax.core import geometry
+from mal_jax.eval import predict
 from mal_jax.models.manydepth import ManyDepth
 
 HEIGHT, WIDTH = 64, 96

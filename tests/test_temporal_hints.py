@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mal_jax.instance_matching import FrameInstances, instance_masks, match_instances
-from mal_jax.temporal_hints import (
+from mal_jax.mal.instance_matching import FrameInstances, instance_masks, match_instances
+from mal_jax.mal.temporal_hints import (
     TemporalHintConfig,
     synthesize_linear_motion,
     synthesize_linear_motion_batch,

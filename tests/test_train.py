@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from mal_jax import checkpointing, trainer
 from mal_jax.data import pipeline
+from mal_jax.train import checkpointing, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,7 +137,7 @@ TWO_DEVICES = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     jax.config.update("jax_compilation_cache_dir", {cache!r})
     from configs import test as test_config
-    from mal_jax import trainer
+    from mal_jax.train import trainer
     from mal_jax.data import pipeline
     assert jax.device_count() == 2, jax.devices()
     config = test_config.get_config()

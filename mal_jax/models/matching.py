@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mal_jax import geometry
+from mal_jax.core import geometry
 from mal_jax.models.layers import conv, imagenet_normalise
 from mal_jax.models.resnet import (
     RESNET_STAGES,

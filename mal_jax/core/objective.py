@@ -2,7 +2,7 @@
 
 ``train_forward`` runs the networks in the reference's order (pose pairs, lookup pose, teacher,
 matching encoder) so BatchNorm statistics advance exactly as in the reference step.
-``single_frame_loss`` and ``multi_frame_loss`` compose the pieces of ``mal_jax.losses`` the
+``single_frame_loss`` and ``multi_frame_loss`` compose the pieces of ``mal_jax.core.losses`` the
 way the reference trainer does; both take optional extra reprojection candidates, which is
 where MAL's temporal hints plug in.
 """
@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from mal_jax import geometry, losses
+from mal_jax.core import geometry, losses
 from mal_jax.models.manydepth import ManyDepth, with_batch_stats
 
 # Position of each frame id on the ``frames`` axis of a training batch.

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from mal_jax import geometry, losses, objective
+from mal_jax.core import geometry, losses, objective
 
 # Candidate order of the distillation target (index returned by ``select_target``).
 TEACHER, ENSEMBLE, STUDENT = 0, 1, 2

@@ -1,17 +1,17 @@
 """How much does the photometric loss say about the depth of objects, with and without MAL's
 temporal hints?
 
-The oracle of :mod:`mal_jax.oracle` (ground-truth depth and poses) is run with the depth of one
-region multiplied by each factor of ``scales``, everything else exact. Regions: the pixels of
-moving objects, and those of static objects (parked cars: instances too, so MAL's matching
-and shifting act on them as well). Training lowers depth error where the loss rises when
-depth is wrong, so for both losses (2 warped candidates; those plus MAL's 2 synthesized ones)
-the sweep reports the region's mean minimum reprojection error per factor and its *depth
-signal*, the mean rise over the factors other than 1. The hints only add candidates, so
-the minimum can only fall; where a shifted copy lines up an object that a wrong depth put in
-the wrong place, they hide the wrong depth as well as the object's motion.
+The oracle of :mod:`mal_jax.studies.oracle` (ground-truth depth and poses) is run with the
+depth of one region multiplied by each factor of ``scales``, everything else exact. Regions:
+the pixels of moving objects, and those of static objects (parked cars: instances too, so MAL's
+matching and shifting act on them as well). Training lowers depth error where the loss rises
+when depth is wrong, so for both losses (2 warped candidates; those plus MAL's 2 synthesized
+ones) the sweep reports the region's mean minimum reprojection error per factor and its *depth
+signal*, the mean rise over the factors other than 1. The hints only add candidates, so the
+minimum can only fall; where a shifted copy lines up an object that a wrong depth put in the
+wrong place, they hide the wrong depth as well as the object's motion.
 
-    python -m mal_jax.oracle_depth [--num_samples N] [--height 64 --width 192]
+    python -m mal_jax.studies.oracle_depth [--num_samples N] [--height 64 --width 192]
                                    [--scales 0.5,0.7,1,1.4,2] [--json PATH]
 
 Last line: ``static_objects depth_signal baseline=<x> mal=<y>``.
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax import oracle
 from mal_jax.data import synthetic
+from mal_jax.studies import oracle
 
 REGIONS = ("moving_objects", "static_objects")
 

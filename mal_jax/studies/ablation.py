@@ -19,7 +19,8 @@ Runs resume from their workdirs, so an interrupted ablation restarts where it st
 :func:`summarize` reduces the per-run results to the mean and half-range over seeds, and the
 change of every row against the baseline of the same seed.
 
-``python -m mal_jax.ablation --config=configs/ablation.py --workdir=W [--results_dir=results]``
+``python -m mal_jax.studies.ablation --config=configs/ablation.py --workdir=W
+[--results_dir=results]``
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from mal_jax import trainer as trainer_lib
+from mal_jax.train import trainer as trainer_lib
 
 # What a row reports: every metric of the evaluation, for both networks and both regions.
 REPORTED = ("abs_rel", "sq_rel", "rmse", "a1")

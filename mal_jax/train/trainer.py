@@ -20,11 +20,12 @@ from clu import metric_writers, periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections.config_dict import config_dict
 
-from mal_jax import checkpointing, periodic, train_state
-from mal_jax.convert import init_from_torchvision, read_torch_state_dict
 from mal_jax.data import pipeline, sources
 from mal_jax.models.manydepth import ManyDepth
-from mal_jax.train_step import initial_balance, make_train_step, step_settings, summary_images
+from mal_jax.port.convert import init_from_torchvision, read_torch_state_dict
+from mal_jax.train import checkpointing, periodic
+from mal_jax.train import state as train_state
+from mal_jax.train.step import initial_balance, make_train_step, step_settings, summary_images
 
 
 class NonFiniteLoss(RuntimeError):
@@ -77,7 +78,7 @@ def initial_variables(config, model: ManyDepth, rng: jax.Array) -> tuple[dict, f
                                                      checkpointing.CHECKPOINT_DIR)):
         return _checkpoint_variables(weights_folder, variables)
     if weights_folder:
-        from mal_jax.convert import load_manydepth_folder
+        from mal_jax.port.convert import load_manydepth_folder
 
         variables, meta = load_manydepth_folder(weights_folder, model)
         min_bin = meta.get("min_depth_bin", min_bin)
@@ -248,7 +249,7 @@ class Trainer:
 
     def evaluate(self, state, writer, step: int) -> dict:
         """Evaluate the current state on the config's test split; results to the workdir."""
-        from mal_jax import evaluate
+        from mal_jax.eval import evaluate
 
         bins = [float(b) for b in jax.device_get(state.depth_bins)]
         inference = checkpointing.InferenceModel(

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax import eval_outputs
-from mal_jax import metrics as metrics_lib
-from mal_jax.depth_inference import InferenceModelLike, make_batch_predictor, pad_batch
-from mal_jax.metrics import METRIC_NAMES, EvalProtocol
+from mal_jax.eval import metrics as metrics_lib
+from mal_jax.eval import outputs as eval_outputs
+from mal_jax.eval.inference import InferenceModelLike, make_batch_predictor, pad_batch
+from mal_jax.eval.metrics import METRIC_NAMES, EvalProtocol
 
 MODELS = ("multi_frame", "teacher")
 

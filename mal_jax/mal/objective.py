@@ -11,13 +11,13 @@ Composition reproduced from the MAL reference, per part (each has a switch in
   computed by the reference but then replaced by the trusted mask, so it is left out here.
   ``main_temporal`` adds temporal-hint frames synthesized from the student's own warped
   frames (poses detached).
-* ``distil``: the distillation hint of :mod:`mal_jax.distillation`, with the ensemble
+* ``distil``: the distillation hint of :mod:`mal_jax.mal.distillation`, with the ensemble
   candidate when ``ensemble`` is on; it joins the student's loss with weight 1.
 * the teacher's entries are added to the student's entries of the same name (``loss``,
   ``loss/0``, ``reproj_loss/0``) while the teacher trains, as in ManyDepth.
 * ``loss_balance``: instead, ``loss = factor * (w_0 * original + w_1 * distil)`` where
   ``original`` is the student's loss without distillation plus the teacher's loss and the
-  weights come from :mod:`mal_jax.loss_balance` (they are updated after the step from
+  weights come from :mod:`mal_jax.mal.loss_balance` (they are updated after the step from
   :func:`balance_observation`). The reference adds the weighted sum once per batch element,
   i.e. ``factor`` = batch size; ``balance_batch_factor`` switches that factor on.
 
@@ -39,9 +39,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from mal_jax import distillation, geometry, loss_balance, losses, objective
-from mal_jax.instance_matching import FrameInstances, instance_masks
-from mal_jax.temporal_hints import TemporalHintConfig, temporal_hint_candidates
+from mal_jax.core import geometry, losses, objective
+from mal_jax.mal import distillation, loss_balance
+from mal_jax.mal.instance_matching import FrameInstances, instance_masks
+from mal_jax.mal.temporal_hints import TemporalHintConfig, temporal_hint_candidates
 
 # (warped {f: image}, pixel grids {f: (B,H,W,2)}) -> (syn_prev, syn_next) at one scale.
 HintFn = Callable[[dict, dict], tuple[jax.Array, jax.Array]]

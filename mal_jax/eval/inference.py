@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax import geometry
+from mal_jax.core import geometry
 from mal_jax.models.manydepth import ManyDepth
 
 
 class InferenceModelLike(Protocol):
-    """What evaluation needs of ``mal_jax.checkpointing.InferenceModel``."""
+    """What evaluation needs of ``mal_jax.train.checkpointing.InferenceModel``."""
 
     model: ManyDepth
     variables: dict
@@ -37,7 +37,7 @@ def load_inference(path: str) -> InferenceModelLike:
     """Load a training workdir or a ManyDepth .pth folder; a missing path is one clear error."""
     if not path or not os.path.exists(path):
         raise FileNotFoundError(f"{path or '(empty path)'}: checkpoint or weights folder missing")
-    from mal_jax import checkpointing
+    from mal_jax.train import checkpointing
 
     return checkpointing.load_inference(path)
 

@@ -1,4 +1,6 @@
-"""Depth for a frame sequence: ``python -m mal_jax.predict --checkpoint C --frames DIR --out O``.
+"""Depth for a frame sequence.
+
+``python -m mal_jax.eval.predict --checkpoint C --frames DIR --out O``
 
 ``--frames`` is a folder (its image files, sorted by name) or a list of image files, in time
 order. Each frame is resized to the model's training size (Pillow LANCZOS, as ManyDepth's
@@ -25,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mal_jax import eval_outputs
-from mal_jax.depth_inference import (
+from mal_jax.eval import outputs as eval_outputs
+from mal_jax.eval.inference import (
     InferenceModelLike,
     load_inference,
     multi_frame_disparity,
@@ -168,7 +170,7 @@ def predict_sequence(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mal_jax.predict", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mal_jax.eval.predict", description=__doc__)
     parser.add_argument(
         "--checkpoint", required=True, help="training workdir or ManyDepth .pth folder"
     )
@@ -205,7 +207,7 @@ def main(argv: Sequence[str] | None = None, inference: InferenceModelLike | None
             max_depth=args.max_depth,
         )
     except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"mal_jax.predict: {error}") from None
+        raise SystemExit(f"mal_jax.eval.predict: {error}") from None
     print(f"wrote {len(written)} depth maps (.npy + .png) to {args.out}")
     return 0
 

@@ -80,7 +80,7 @@ def load_inference(path: str, step: int | None = None) -> InferenceModel:
         raise FileNotFoundError(f"checkpoint not found: {path} (expected a training workdir or "
                                 "a ManyDepth weights folder)")
     if _is_manydepth_folder(path):
-        from mal_jax.convert import load_manydepth_folder
+        from mal_jax.port.convert import load_manydepth_folder
 
         variables, meta = load_manydepth_folder(path)
         missing = [k for k in ("height", "width", "min_depth_bin", "max_depth_bin")

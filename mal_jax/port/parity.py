@@ -1,6 +1,6 @@
 """Check the port against a golden file of the PyTorch reference.
 
-    python -m mal_jax.parity ../shared/golden/manydepth_mal_96x320.npz
+    python -m mal_jax.port.parity ../shared/golden/manydepth_mal_96x320.npz
 
 Converts the file's weights, recomputes every group it knows from the file's inputs (any batch
 and image size), prints one line per group with its worst absolute and relative error, and
@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax import geometry, losses, objective
-from mal_jax.convert import _to_flax, convert_state_dicts, torch_key
-from mal_jax.golden import GoldenFile, nchw_to_nhwc
+from mal_jax.core import geometry, losses, objective
 from mal_jax.models.manydepth import ManyDepth
+from mal_jax.port.convert import _to_flax, convert_state_dicts, torch_key
+from mal_jax.port.golden import GoldenFile, nchw_to_nhwc
 
 # Settings of the reference run that produced the golden file (see shared/golden/README.md).
 EVAL_BINS = (0.5, 15.0)
@@ -271,10 +271,10 @@ def _unmatched(ctx: Context, prefix: str, matched: int) -> list[Check]:
 
 
 def _mal_group(name: str) -> Callable[[Context], list[Check]]:
-    """A group of ``mal_jax.parity_mal``, imported on first use (it imports this module)."""
+    """A group of ``mal_jax.port.parity_mal``, imported on first use (it imports this module)."""
 
     def run_group(ctx: Context) -> list[Check]:
-        from mal_jax import parity_mal
+        from mal_jax.port import parity_mal
 
         return getattr(parity_mal, name)(ctx)
 

@@ -31,7 +31,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from mal_jax.instance_matching import (
+from mal_jax.mal.instance_matching import (
     DEFAULT_SCORE_THRESHOLD,
     FrameInstances,
     binarize_warped_masks,

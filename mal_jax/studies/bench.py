@@ -1,6 +1,6 @@
 """Train-step benchmark of the KITTI model (ResNet-18, 96 bins) on random frames.
 
-    python -m mal_jax.bench --height 192 --width 640 --batch_size 12 --steps 10 [--no_mal]
+    python -m mal_jax.studies.bench --height 192 --width 640 --batch_size 12 --steps 10 [--no_mal]
 
 Prints compile time, median step time, images/s and peak memory (device allocator where it
 reports one, otherwise the process's peak resident memory); the last line is
@@ -20,10 +20,10 @@ import jax
 import numpy as np
 
 from configs import kitti_mal
-from mal_jax import trainer
 from mal_jax.data.synthetic import intrinsics_pyramid
-from mal_jax.train_state import create_state, learning_rate_schedule, make_optimizer
-from mal_jax.train_step import initial_balance, make_train_step, step_settings
+from mal_jax.train import trainer
+from mal_jax.train.state import create_state, learning_rate_schedule, make_optimizer
+from mal_jax.train.step import initial_balance, make_train_step, step_settings
 
 
 def random_batch(batch_size: int, height: int, width: int, max_instances: int,

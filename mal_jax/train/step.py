@@ -18,10 +18,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mal_jax import geometry, loss_balance, mal_objective, objective
+from mal_jax.core import geometry, objective
+from mal_jax.mal import loss_balance
+from mal_jax.mal import objective as mal_objective
+from mal_jax.mal.temporal_hints import TemporalHintConfig
 from mal_jax.models.manydepth import ManyDepth
-from mal_jax.temporal_hints import TemporalHintConfig
-from mal_jax.train_state import TEACHER_AND_POSE, TrainState, freeze
+from mal_jax.train.state import TEACHER_AND_POSE, TrainState, freeze
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from mal_jax.metrics import METRIC_NAMES
+from mal_jax.eval.metrics import METRIC_NAMES
 
 MODEL_LABELS = {"multi_frame": "multi-frame", "teacher": "teacher (frame 0 only)"}
 REGION_TITLES = {"all": "All valid pixels", "moving": "Moving-object pixels"}
@@ -92,7 +92,8 @@ def _table(metrics: dict, region: str) -> list[str]:
 
 
 def markdown_report(results: dict) -> str:
-    """Markdown tables of ``results`` (as ``mal_jax.evaluate`` builds it): one block per region."""
+    """Markdown tables of ``results`` (as ``mal_jax.eval.evaluate`` builds it), one block per
+    region."""
     preset = results["preset"]
     lines = [
         f"# Depth evaluation: {results['protocol']}",

@@ -1,4 +1,4 @@
-"""Golden parity groups of MAL (``mal/*`` arrays of the golden file), for ``mal_jax.parity``.
+"""Golden parity groups of MAL (``mal/*`` arrays of the golden file), for ``mal_jax.port.parity``.
 
 Each group is ``fn(ctx) -> list[Check]`` over a ``parity.Context``:
 
@@ -28,10 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax import distillation, loss_balance, mal_objective, objective
-from mal_jax.golden import nchw_to_nhwc
-from mal_jax.parity import Check, compare_abs, compare_rel
-from mal_jax.temporal_hints import synthesize_linear_motion
+from mal_jax.core import objective
+from mal_jax.mal import distillation, loss_balance
+from mal_jax.mal import objective as mal_objective
+from mal_jax.mal.temporal_hints import synthesize_linear_motion
+from mal_jax.port.golden import nchw_to_nhwc
+from mal_jax.port.parity import Check, compare_abs, compare_rel
 
 LOSS_TOL = 1e-4
 MAP_TOL = 1e-4

@@ -11,7 +11,7 @@ synthesize two extra candidates, and the per-pixel minimum reprojection error (0
 Means are pooled over pixels of all samples (not averages of per-sample means). Pixels
 without depth (sky) are warped as if 10 km away (pure rotation) and left out of every mean.
 
-    python -m mal_jax.oracle [--split test] [--num_samples N] [--height 96 --width 320]
+    python -m mal_jax.studies.oracle [--split test] [--num_samples N] [--height 96 --width 320]
                              [--seed 0] [--batch_size 8] [--replace] [--frame_t_shifts]
                              [--json PATH]
 
@@ -30,10 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax import geometry, losses, oracle_shifts
+from mal_jax.core import geometry, losses
 from mal_jax.data import synthetic
-from mal_jax.instance_matching import FrameInstances, instance_masks, match_instances
-from mal_jax.temporal_hints import TemporalHintConfig, temporal_hint_candidates
+from mal_jax.mal.instance_matching import FrameInstances, instance_masks, match_instances
+from mal_jax.mal.temporal_hints import TemporalHintConfig, temporal_hint_candidates
+from mal_jax.studies import oracle_shifts
 
 # Frame order of the triplets rendered here.
 OFFSETS = (-1, 0, 1)
@@ -132,7 +133,7 @@ def oracle_maps(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS,
     """Per-pixel errors and matches of one batch from :func:`load_triplets` (jit, config static).
 
     ``frame_t_shifts`` replaces MAL's displacement estimate by shifts that move each warped
-    object onto its frame-t box (``mal_jax.oracle_shifts``), knowledge MAL does not have.
+    object onto its frame-t box (``mal_jax.studies.oracle_shifts``), knowledge MAL does not have.
 
     Returns a dict with ``baseline`` and ``mal`` (B, H, W) minimum reprojection errors over
     (warped t-1, warped t+1) and over those plus the two synthesized frames, ``hint_chosen``

@@ -16,8 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mal_jax.instance_matching import FrameInstances
-from mal_jax.temporal_hints import (
+from mal_jax.mal.instance_matching import FrameInstances
+from mal_jax.mal.temporal_hints import (
     TemporalHintConfig,
     matched_object_masks,
     synthesize_with_shifts,

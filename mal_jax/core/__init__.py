@@ -1,0 +1,1 @@
+"""Core geometry and photometric losses shared by training, MAL and the studies."""

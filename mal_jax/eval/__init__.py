@@ -1,0 +1,1 @@
+"""Evaluation: protocols, metrics, depth inference, prediction and output images."""

@@ -1,0 +1,1 @@
+"""MAL, the Motion-Aware Loss: temporal hints, distillation hints, loss balancing."""

@@ -1,0 +1,1 @@
+"""Porting from the PyTorch reference: weight conversion, golden files, parity."""

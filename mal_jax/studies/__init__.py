@@ -1,0 +1,1 @@
+"""Studies: the MAL oracle and its variants, the trained ablation, benchmarks."""
