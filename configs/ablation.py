@@ -5,7 +5,7 @@ One ManyDepth is pretrained from random weights, then for every seed the six row
 fine-tunes a trained ManyDepth. The image size and bin count are reduced from the paper's so
 that the whole ablation (two seeds: one pretraining, twelve fine-tunings, thirteen evaluations)
 fits in about 2.5 hours on 2 CPU cores; the fine-tuning part (rate, teacher kept training,
-MAL settings) is the paper's.
+MAL settings) is MAL's published recipe (its README commands; rows switch its parts).
 
 No ImageNet weights can be downloaded here, and from random weights the photometric loss
 leaves the depth/translation scale free: it drifts until depth saturates at ``min_depth`` and

@@ -42,31 +42,39 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- loss
     loss = config.loss = ml_collections.ConfigDict()
-    loss.disparity_smoothness = 1e-3  # edge-aware smoothness weight (paper: 1e-3)
+    loss.disparity_smoothness = 1e-3  # edge-aware smoothness weight (paper: 1e-3; MAL: 1e-3)
     # Decoder scales ManyDepth's loss averages over, a subset of model.scales (paper: 0..3).
-    # MAL's losses use scale 0 only unless mal.multi_scale; ManyDepth itself reads this field.
+    # With any MAL part on, both losses use scale 0 only (MAL's code) unless mal.multi_scale.
     loss.scales = (0, 1, 2, 3)
     loss.automasking = True  # identity-reprojection auto-mask for the teacher (paper: on)
     loss.motion_masking = True  # teacher-vs-cost-volume consistency mask (paper: on)
     loss.matching_augmentation = True  # 25% static camera, 25% zero pose (paper: on)
     # Weight of PackNet-SfM's velocity loss |(|t| - |t_true|)| (metres) on the pose network's
     # translation; needs the true poses (synthetic data only). Pins the scale that training from
-    # random weights otherwise lets drift (paper: 0, off; configs/ablation.py's pretraining: on)
+    # random weights otherwise lets drift. Part of MAL's balanced "original" loss
+    # (mal_jax/mal/loss_balance.py says why). (paper: 0, off; MAL: 0, off;
+    # configs/ablation.py: on)
     loss.velocity_weight = 0.0
 
     # ---------------------------------------------------------------- MAL
+    # MAL's published recipe (its README, KITTI and Cityscapes):
+    # --loss_blc --load_pretrained --temporal --distil, ensemble on (no --no_ens).
     mal = config.mal = ml_collections.ConfigDict()
-    mal.temporal = True  # temporal hints as extra teacher candidates (MAL: on)
-    mal.main_temporal = True  # temporal hints also for the student (MAL: on)
-    mal.distil = True  # distillation hints for the student (MAL: on)
+    mal.temporal = True  # temporal hints as extra teacher candidates (MAL: on, --temporal)
+    # Temporal hints for the student too. An option, off: --main_temporal is not in the
+    # published commands, so the reference forces the student's hints off (MAL: off).
+    mal.main_temporal = False
+    mal.distil = True  # distillation hints for the student (MAL: on, --distil)
     mal.ensemble = True  # teacher/student mean as a distillation candidate (MAL: on)
-    mal.loss_balance = True  # balance original vs distillation losses (MAL: on)
-    mal.multi_scale = False  # MAL losses over all scales; the MAL paper uses scale 0 only
+    mal.loss_balance = True  # balance original vs distillation losses (MAL: on, --loss_blc)
+    mal.multi_scale = False  # MAL losses over loss.scales (MAL: off, scale 0 only)
     mal.score_threshold = 0.9  # min instance score in frame t to be matched (MAL: 0.9)
-    mal.replace = False  # objects moving < 3 px stay in place (MAL's image_synthesis: off)
-    # MAL's balanced loss is summed once per batch element, i.e. multiplied by the batch size.
-    # Off by default: with Adam the factor changes little, but it makes the loss scale depend
-    # on the batch size, which breaks comparisons across devices and batch sizes.
+    # Objects moving < 3 px stay in place (MAL: off; its image synthesis passes replace=False
+    # whatever --replace says).
+    mal.replace = False
+    # MAL's balanced loss is summed once per batch element, i.e. multiplied by the batch size
+    # (MAL: on, implicitly). Off here: with Adam the factor changes little, but it makes the
+    # loss scale depend on the batch size, which breaks comparisons across batch sizes.
     mal.batch_size_factor = False
     mal.balance_lambda_start = 3.0  # loss-balance lambda at epoch 0 (MAL: 3)
     mal.balance_lambda_step = -1.5  # lambda change per epoch (MAL: -1.5)

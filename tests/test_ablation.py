@@ -24,14 +24,15 @@ def _metrics(abs_rel_all, abs_rel_moving):
 def test_rows_switch_exactly_their_mal_parts():
     base = ablation_config.get_config()
     names = [row.name for row in ablation.ROWS]
-    assert names == ["baseline", "baseline_scale0", "temporal", "distil", "both", "mal"]
+    assert names == ["baseline", "baseline_scale0", "temporal", "distil", "mal",
+                     "mal_student_hints"]
     expected = {  # (temporal, main_temporal, distil, ensemble, loss_balance)
         "baseline": (False, False, False, False, False),
         "baseline_scale0": (False, False, False, False, False),
-        "temporal": (True, True, False, False, False),
-        "distil": (False, False, True, True, False),
-        "both": (True, True, True, True, False),
-        "mal": (True, True, True, True, True),
+        "temporal": (True, False, False, False, False),  # the teacher's hints only
+        "distil": (True, False, True, True, False),
+        "mal": (True, False, True, True, True),  # MAL's published recipe
+        "mal_student_hints": (True, True, True, True, True),
     }
     for row in ablation.ROWS:
         config = ablation.finetune_config(base, row, seed=7, pretrained="/pre/seed_7")
@@ -40,10 +41,15 @@ def test_rows_switch_exactly_their_mal_parts():
                 mal.loss_balance) == expected[row.name]
         assert config.training.seed == 7 and config.model.weights_folder == "/pre/seed_7"
         assert config.training.num_epochs == base.ablation.finetune_epochs
-        # Only the control changes ManyDepth's loss scales (MAL's own losses use scale 0).
+        # Only the control changes ManyDepth's loss scales; MAL's rows run at scale 0 by
+        # MAL's own rule, so the control differs from them in MAL's parts alone.
         scales = (0,) if row.name == ablation.CONTROL else (0, 1, 2, 3)
         assert tuple(config.loss.scales) == scales
-        assert train_step.step_settings(config, 150).loss.scales == scales
+        resolved = (0, 1, 2, 3) if row.name == ablation.BASELINE else (0,)
+        assert train_step.step_settings(config, 150).loss.scales == resolved
+    # The published recipe's row is the default config's MAL section.
+    mal_row = ablation.finetune_config(base, ablation.ROWS[4], seed=0, pretrained="")
+    assert mal_row.mal.to_dict() == base.mal.to_dict()
     # The base config is not modified by building rows from it.
     assert base.mal.loss_balance and base.model.weights_folder == ""
     pretrain = ablation.pretrain_config(base, seed=3)
@@ -103,8 +109,8 @@ def test_report_has_a_line_per_row_and_model():
     text = ablation.report(ablation.summarize(runs))
     for row in ablation.ROWS:
         assert text.count(f"| {row.label} | ") == 2  # multi-frame and teacher tables
-    assert ("| + both + loss balancing (MAL) | 0.2000 ± 0.0000 | 0.4000 ± 0.0000 | +0.0% | +0.0% "
-            "| +0.0% | +0.0% |") in text
+    assert ("| + loss balancing (MAL's published recipe) | 0.2000 ± 0.0000 | 0.4000 ± 0.0000 "
+            "| +0.0% | +0.0% | +0.0% | +0.0% |") in text
     # Equal metrics everywhere: no change, so the target is not met (2 references x 2 models).
     assert text.count("target (<= -10% moving, <= 0% all) not met") == 4
 
@@ -123,7 +129,7 @@ def tiny_ablation(tmp_path_factory):
     config.training.lr_decay_epoch = -1
     config.training.image_every_steps = 0
     workdir = str(tmp_path_factory.mktemp("ablation"))
-    rows = (ablation.ROWS[0], ablation.ROWS[-1])
+    rows = (ablation.ROWS[0], ablation.ROWS[4])
     runs = ablation.run_ablation(config, workdir, rows)
     return config, workdir, runs
 
@@ -147,6 +153,17 @@ def test_tiny_ablation_fine_tunes_the_shared_pretraining(tiny_ablation):
             assert saved["mal"]["loss_balance"] == (row == "mal")
             with open(os.path.join(run_dir, "eval_results.json")) as handle:
                 assert json.load(handle)["metrics"] == json.loads(json.dumps(runs[row][str(seed)]))
+    # The balance weights of every logged step (configs/test.py logs each of the 4 steps);
+    # the ManyDepth rows do not balance.
+    with open(os.path.join(workdir, "ablation_balance.json")) as handle:
+        balance = json.load(handle)
+    for seed in ("0", "1"):
+        trajectory = balance["mal"][seed]
+        assert trajectory["step"] == [1, 2, 3, 4]
+        weights = np.array([trajectory["w_original"], trajectory["w_distil"]])
+        assert np.all(np.isfinite(weights)) and np.all(weights > 0)
+        assert not np.allclose(weights[:, 0], 0.5)  # the first update moved them from 1/2
+        assert balance["baseline"][seed] == {"step": [], "w_original": [], "w_distil": []}
     # The seeds fine-tune on different data orders and augmentations, so the results differ.
     assert runs["mal"]["0"] != runs["mal"]["1"]
     with open(os.path.join(workdir, "ablation_timing.json")) as handle:
@@ -154,7 +171,7 @@ def test_tiny_ablation_fine_tunes_the_shared_pretraining(tiny_ablation):
     assert timing["mal"]["0"]["compiles"] and not timing["mal"]["1"]["compiles"]
     assert timing["mal"]["1"]["steps"] == 4  # 8 triplets, batch 2, one epoch
     # Run again: every run is found finished and evaluated, so nothing trains or changes.
-    assert ablation.run_ablation(config, workdir, (ablation.ROWS[0], ablation.ROWS[-1])) == runs
+    assert ablation.run_ablation(config, workdir, (ablation.ROWS[0], ablation.ROWS[4])) == runs
     with open(os.path.join(workdir, "ablation_timing.json")) as handle:
         assert json.load(handle) == timing
 
@@ -170,5 +187,7 @@ def test_tiny_ablation_export(tiny_ablation, tmp_path):
         abs(values[0] - values[1]) / 2)
     assert (tmp_path / "ablation.md").read_text() == ablation.report(summary)
     examples = sorted(os.listdir(tmp_path / "examples"))
+    with open(tmp_path / "ablation_balance.json") as handle:
+        assert json.load(handle)["mal"]["0"]["step"] == [1, 2, 3, 4]
     assert "0000_input.png" in examples and "mal_0000_multi_frame_disp.png" in examples
     assert len(examples) == 1 + 2 * 4  # input + rows x models x (disparity, error)

@@ -16,13 +16,14 @@ from model_variables import random_variables
 from PIL import Image
 
 from configs.default import get_config
-from mal_jax.core import geometry, objective
+from mal_jax.core import geometry
 from mal_jax.data import pipeline
 from mal_jax.data.synthetic import intrinsics_pyramid
 from mal_jax.eval import evaluate, metrics
 from mal_jax.eval import outputs as eval_outputs
 from mal_jax.eval.inference import load_inference, make_batch_predictor
 from mal_jax.models.manydepth import ManyDepth
+from mal_jax.train import forward
 
 HEIGHT, WIDTH, BATCH = 64, 96, 3
 LOG2 = math.log(2.0)
@@ -219,7 +220,7 @@ def test_predictor_lookup_pose_and_static_camera_fallback(inference):
     @jax.jit
     def training_convention(variables, prev, cur):
         frames = jnp.stack([prev, cur, cur], axis=1)
-        *_, lookup_poses, _ = objective.predict_poses(inference.model, variables, frames, False)
+        *_, lookup_poses, _ = forward.predict_poses(inference.model, variables, frames, False)
         (disps, *_), _ = inference.model.multi_frame(
             variables,
             cur,

@@ -264,7 +264,7 @@ def test_shape_errors_are_clear():
 
 
 def test_velocity_loss_hand_case():
-    from mal_jax.core import objective
+    from mal_jax.mal import objective
 
     def pose(tx, ty, tz):
         transform = np.eye(4, dtype=np.float32)

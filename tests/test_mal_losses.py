@@ -1,7 +1,9 @@
-"""MAL losses: golden parity of the teacher loss, distillation and loss balancing (on the
-fixture's stored network outputs, so no network runs here), hand-computed distillation and
-balancing cases, and the ManyDepth equivalence when no object is matched."""
+"""The objective: golden parity of ManyDepth's losses (every MAL part off), MAL's teacher
+loss, distillation and loss balancing (on the fixture's stored network outputs, so no network
+runs here), hand-computed distillation and balancing cases, the ManyDepth loss when no object
+is matched, and the published recipe's hints: the teacher's only."""
 
+import dataclasses
 import functools
 
 import jax
@@ -9,14 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mal_jax.core import geometry, objective
+from mal_jax.core import geometry, network_losses
+from mal_jax.core.resize import upsample_bilinear
 from mal_jax.mal import distillation, loss_balance
 from mal_jax.mal import objective as mal_objective
+from mal_jax.mal.temporal_hints import instance_hints
 from mal_jax.port import parity_mal
 from mal_jax.port.golden import nchw_to_nhwc
 
 MIN_DEPTH, MAX_DEPTH = 0.1, 100.0
-SETTINGS = objective.LossSettings(tie_break_noise=False)
+SETTINGS = network_losses.LossSettings(tie_break_noise=False)
+SCALE_0 = network_losses.LossSettings(scales=(0,), tie_break_noise=False)
+UNBALANCED = loss_balance.BalanceSettings(enabled=False)
 
 
 # ---------------------------------------------------------------- golden parity
@@ -27,11 +33,11 @@ def _golden_outputs(golden) -> dict:
     layout."""
     height, width = golden.image_size
     out = {"mono_disp": {}, "disp": {}, "mono_depth": {}, "depth": {}}
-    for scale in (0,):
+    for scale in range(4):
         for key, depth_key in (("mono_disp", "mono_depth"), ("disp", "depth")):
             disp = jnp.asarray(nchw_to_nhwc(golden[f"train/{key}/{scale}"]))
             out[key][scale] = disp
-            full = objective.upsample_bilinear(disp, height, width)
+            full = upsample_bilinear(disp, height, width)
             out[depth_key][scale] = geometry.disp_to_depth(full, MIN_DEPTH, MAX_DEPTH)[1]
     out["cam_T_cam"] = {f: jnp.asarray(golden[f"train/cam_T_cam/{f}"]) for f in (-1, 1)}
     out["consistency_mask"] = jnp.asarray(golden["train/consistency_mask"])[..., None]
@@ -74,6 +80,21 @@ def test_golden_mal_groups(golden_ctx, group):
     assert not failed, failed
 
 
+def test_manydepth_is_the_objective_with_every_mal_part_off(golden_ctx):
+    """Plain ManyDepth (every MAL part off, four scales) reproduces the reference's ManyDepth
+    losses ``train/losses/*`` from the fixture's own network outputs."""
+    g = golden_ctx.golden
+    _, parts = jax.jit(lambda o, b: mal_objective.objective(o, b, mal_objective.MANYDEPTH,
+                                                            SETTINGS))(
+        golden_ctx.train_outputs()[1], golden_ctx.batch)
+    names = [key[len("train/losses/"):] for key in g.keys("train/losses/")]
+    assert len(names) == 13 and "loss/3" in names  # four scales and the total
+    for name in names:
+        np.testing.assert_allclose(parts[name], g[f"train/losses/{name}"], rtol=1e-4,
+                                   err_msg=name)
+    assert "distil_loss" not in parts and "velocity_loss" not in parts
+
+
 def test_golden_distillation_values(golden_ctx):
     """The composition, value by value: student entries to 1e-5; the distillation loss to
     1e-3, as near-tied candidates may flip with float32 noise (see ``parity_mal``); and the
@@ -103,9 +124,8 @@ def test_golden_teacher_loss_is_smaller_with_extra_candidates(golden_ctx):
     warped candidates, computed in another compilation)."""
     terms = parity_mal._mal_terms(golden_ctx)
     outputs = golden_ctx.train_outputs()[1]
-    _, plain, plain_error = jax.jit(lambda o, b: mal_objective.teacher_loss(o, b, SETTINGS))(
-        outputs, golden_ctx.batch
-    )
+    _, plain, plain_error = jax.jit(
+        lambda o, b: network_losses.teacher_loss(o, b, SCALE_0))(outputs, golden_ctx.batch)
     assert np.all(terms["teacher_error"] <= plain_error * (1 + 2e-5))
     assert np.mean(terms["teacher_error"] < plain_error - 1e-3) > 0.01
     assert terms["teacher"]["reproj_loss/0"] != plain["reproj_loss/0"]
@@ -264,7 +284,7 @@ def _synthetic(seed=0, with_object=False):
         for key, depth_key in (("mono_disp", "mono_depth"), ("disp", "depth")):
             disp = rng.uniform(0.02, 0.3, (BATCH, HEIGHT // 2**s, WIDTH // 2**s, 1))
             out[key][s] = jnp.asarray(disp, jnp.float32)
-            full = objective.upsample_bilinear(out[key][s], HEIGHT, WIDTH)
+            full = upsample_bilinear(out[key][s], HEIGHT, WIDTH)
             out[depth_key][s] = geometry.disp_to_depth(full, MIN_DEPTH, MAX_DEPTH)[1]
     out["cam_T_cam"] = {
         f: geometry.transformation_from_parameters(
@@ -281,44 +301,45 @@ def _synthetic(seed=0, with_object=False):
     return out, batch
 
 
-SCALE_0 = objective.LossSettings(scales=(0,), tie_break_noise=False)
-
-
 @jax.jit
 def _synthetic_terms(outputs, batch, state):
     """Everything the synthetic-batch tests compare, in one compilation (shared
     subexpressions of the variants are merged by XLA)."""
-    hints = mal_objective.instance_hints(batch, mal_objective.MAL_PRESET.hints)
-    _, teacher_hints, teacher_hints_error = mal_objective.teacher_loss(
-        outputs, batch, SCALE_0, hints=hints
-    )
-    _, teacher_plain, teacher_plain_error = mal_objective.teacher_loss(outputs, batch, SCALE_0)
-    _, student_hints = mal_objective.student_loss(outputs, batch, SCALE_0, hints=hints)
-    _, manydepth_teacher = objective.single_frame_loss(outputs, batch, SCALE_0)
-    _, manydepth_student = objective.multi_frame_loss(outputs, batch, SCALE_0)
+    hints = instance_hints(batch, mal_objective.MAL_PRESET.hints)
+    _, teacher_hints, teacher_hints_error = network_losses.teacher_loss(
+        outputs, batch, SCALE_0, hints=hints)
+    _, teacher_plain, teacher_plain_error = network_losses.teacher_loss(outputs, batch, SCALE_0)
+    _, student_hints, student_hints_error = network_losses.student_loss(
+        outputs, batch, SCALE_0, hints=hints)
+    _, student_plain, student_plain_error = network_losses.student_loss(outputs, batch, SCALE_0)
 
-    preset = mal_objective.mal_loss(outputs, batch, mal_objective.MAL_PRESET, SETTINGS, state)[1]
+    variant = functools.partial(mal_objective.objective, outputs, batch, loss_settings=SETTINGS)
+    preset = variant(mal_objective.MAL_PRESET, balance=state)[1]
+    # The published recipe without its temporal hints, and with the student's added.
+    preset_no_hints = variant(dataclasses.replace(mal_objective.MAL_PRESET, temporal=False),
+                              balance=state)[1]
+    student_hints_on = variant(dataclasses.replace(mal_objective.MAL_PRESET,
+                                                   main_temporal=True), balance=state)[1]
     # The switches' composition, without temporal hints to keep the compilation small.
-    variant = functools.partial(mal_objective.mal_loss, outputs, batch, loss_settings=SETTINGS)
     no_hints = dict(temporal=False, main_temporal=False)
-    balanced = variant(settings=mal_objective.MalSettings(**no_hints), balance=state)[1]
-    factored = variant(
-        settings=mal_objective.MalSettings(balance_batch_factor=True, **no_hints), balance=state
-    )[1]
-    unbalanced = mal_objective.MalSettings(loss_balance=False, **no_hints)
+    factored = variant(mal_objective.MalSettings(
+        balance=loss_balance.BalanceSettings(batch_factor=True), **no_hints), balance=state)[1]
+    unbalanced = mal_objective.MalSettings(balance=UNBALANCED, **no_hints)
     return {
         "teacher_hints": teacher_hints,
         "teacher_hints_error": teacher_hints_error,
         "teacher_plain": teacher_plain,
         "teacher_plain_error": teacher_plain_error,
         "student_hints": student_hints,
-        "manydepth_teacher": manydepth_teacher,
-        "manydepth_student": manydepth_student,
+        "student_hints_error": student_hints_error,
+        "student_plain": student_plain,
+        "student_plain_error": student_plain_error,
         "preset": preset,
-        "balanced": balanced,
+        "balanced": preset_no_hints,
+        "student_hints_on": student_hints_on,
         "factored": factored,
-        "unbalanced": variant(settings=unbalanced)[1],
-        "frozen": variant(settings=unbalanced, train_teacher=False)[1],
+        "unbalanced": variant(unbalanced)[1],
+        "frozen": variant(unbalanced, train_teacher=False)[1],
     }
 
 
@@ -339,19 +360,15 @@ def without_object():
 
 def test_no_matched_object_gives_the_manydepth_loss(without_object):
     t = without_object
-    # Teacher with temporal hints on vs off, and vs ManyDepth's own teacher loss: the hint
-    # frames duplicate the warped frames, so the per-pixel minima agree up to XLA's rounding
-    # of the recomputed duplicates (SSIM amplifies ulps to ~1e-5 on single pixels).
-    np.testing.assert_allclose(t["teacher_hints_error"], t["teacher_plain_error"], rtol=2e-5)
-    for name in ("reproj_loss/0", "loss/0", "loss"):
-        np.testing.assert_allclose(
-            t["teacher_hints"][name], t["teacher_plain"][name], rtol=1e-6, err_msg=name
-        )
-        np.testing.assert_allclose(
-            t["teacher_plain"][name], t["manydepth_teacher"][name], rtol=1e-6, err_msg=name
-        )
-    for name, value in t["manydepth_student"].items():
-        np.testing.assert_allclose(t["student_hints"][name], value, rtol=1e-6, err_msg=name)
+    # Hints on vs off: the hint frames duplicate the warped frames, so the per-pixel minima
+    # agree up to XLA's rounding of the recomputed duplicates (SSIM amplifies ulps to ~1e-5 on
+    # single pixels).
+    for network in ("teacher", "student"):
+        np.testing.assert_allclose(t[f"{network}_hints_error"], t[f"{network}_plain_error"],
+                                   rtol=2e-5)
+        for name, value in t[f"{network}_plain"].items():
+            np.testing.assert_allclose(t[f"{network}_hints"][name], value, rtol=1e-6,
+                                       err_msg=f"{network} {name}")
 
 
 def test_temporal_hints_reach_the_loss_only_with_a_matched_object(with_object):
@@ -365,6 +382,30 @@ def test_temporal_hints_reach_the_loss_only_with_a_matched_object(with_object):
     assert with_object["teacher_hints"]["loss"] < with_object["teacher_plain"]["loss"]
 
 
+def test_published_recipe_gives_hints_to_the_teacher_only(with_object):
+    """Under MAL's published recipe (no --main_temporal) the student's loss is its loss
+    without hint candidates, while the teacher's differs on a batch with a matched, moving
+    object; turning student hints on changes the student's loss."""
+    out = with_object
+    student_keys = ("student/loss", "reproj_loss/0", "consistency_loss/0", "distil_loss")
+    assert out["teacher_hints"]["loss"] < out["teacher_plain"]["loss"]
+    assert out["student_hints"]["loss"] < out["student_plain"]["loss"]
+    assert out["preset"]["teacher/loss"] != out["balanced"]["teacher/loss"]
+    np.testing.assert_allclose(out["preset"]["teacher/loss"], out["teacher_hints"]["loss"],
+                               rtol=1e-6)
+    # The student's own loss entries (reproj_loss/0 also holds the teacher's: compare the
+    # student's part of it) equal the hint-free student's.
+    np.testing.assert_allclose(out["preset"]["student/loss"], out["student_plain"]["loss"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(
+        out["preset"]["reproj_loss/0"] - out["teacher_hints"]["reproj_loss/0"],
+        out["student_plain"]["reproj_loss/0"], rtol=1e-5)
+    assert out["student_hints_on"]["student/loss"] != out["preset"]["student/loss"]
+    np.testing.assert_allclose(out["student_hints_on"]["student/loss"],
+                               out["student_hints"]["loss"], rtol=1e-6)
+    assert all(key in out["preset"] for key in student_keys)
+
+
 def test_mal_loss_composition(with_object):
     out, w = with_object, np.asarray(_balance_after_one_step().weights)
     for parts in (out["preset"], out["balanced"]):
@@ -375,9 +416,8 @@ def test_mal_loss_composition(with_object):
             parts["loss"], w[0] * parts["original_loss"] + w[1] * parts["distil_loss"], rtol=1e-6
         )
         assert float(parts["distil_loss"]) > 0
-    # The student's own temporal hints change its error map, hence its loss.
-    assert out["preset"]["student/loss"] != out["balanced"]["student/loss"]
-    np.testing.assert_allclose(out["factored"]["loss"], BATCH * out["balanced"]["loss"], rtol=1e-6)
+    np.testing.assert_allclose(out["factored"]["loss"], BATCH * out["balanced"]["loss"],
+                               rtol=1e-6)
     plain = out["unbalanced"]
     np.testing.assert_allclose(
         plain["loss"], plain["original_loss"] + plain["distil_loss"], rtol=1e-6
@@ -390,15 +430,13 @@ def test_mal_loss_composition(with_object):
 
 
 def test_settings_and_batch_errors():
-    with pytest.raises(ValueError, match="loss_balance=True needs distil=True"):
+    with pytest.raises(ValueError, match="balance.enabled=True needs distil=True"):
         mal_objective.MalSettings(distil=False)
     outputs, batch = _synthetic()
     del batch["instance_ids"]
     with pytest.raises(KeyError, match="instance_ids"):
-        mal_objective.mal_loss(
-            outputs, batch, mal_objective.MalSettings(loss_balance=False), SETTINGS
-        )
+        mal_objective.objective(outputs, batch, mal_objective.MalSettings(balance=UNBALANCED),
+                                SETTINGS)
     with pytest.raises(ValueError, match="needs a BalanceState"):
-        mal_objective.mal_loss(
-            outputs, batch, mal_objective.MalSettings(temporal=False, main_temporal=False), SETTINGS
-        )
+        mal_objective.objective(
+            outputs, batch, mal_objective.MalSettings(temporal=False), SETTINGS)

@@ -28,7 +28,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from mal_jax.core import geometry, losses, objective
+from mal_jax.core import geometry
+from mal_jax.core.network_losses import min_reprojection
+from mal_jax.core.resize import upsample_bilinear
 
 # Candidate order of the distillation target (index returned by ``select_target``).
 TEACHER, ENSEMBLE, STUDENT = 0, 1, 2
@@ -54,13 +56,10 @@ def ensemble_reprojection(
     poses are detached. No identity or temporal-hint candidates take part.
     """
     _, _, height, width, _ = frames.shape
-    disp = objective.upsample_bilinear(ensemble_disp, height, width)
+    disp = upsample_bilinear(ensemble_disp, height, width)
     _, depth = geometry.disp_to_depth(disp, min_depth, max_depth)
-    warped = objective.warped_candidates(
-        frames, depth, jax.lax.stop_gradient(cam_T_cam), K0, inv_K0
-    )
-    errors = objective.reprojection_candidates(warped, objective.frame(frames, 0))
-    return jax.lax.stop_gradient(losses.per_pixel_minimum(errors))
+    error = min_reprojection(frames, depth, jax.lax.stop_gradient(cam_T_cam), K0, inv_K0)
+    return jax.lax.stop_gradient(error)
 
 
 def candidate_depths(

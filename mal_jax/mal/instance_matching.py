@@ -32,6 +32,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mal_jax.core import geometry
+from mal_jax.core.frames import FRAME_INDEX
+
+# The batch keys of the per-frame instance id maps, classes and scores (mal_jax/data/masks.py).
+INSTANCE_KEYS = ("instance_ids", "instance_class", "instance_score")
 # The reference's detection threshold for instances of frame t (option ``ins_threshold``).
 DEFAULT_SCORE_THRESHOLD = 0.9
 
@@ -62,6 +67,28 @@ def instance_masks(instance_ids: jax.Array, num_slots: int) -> jax.Array:
     slot_ids = jnp.arange(1, num_slots + 1, dtype=instance_ids.dtype)
     ids = instance_ids[..., None, :, :]
     return (ids == slot_ids[:, None, None]).astype(jnp.float32)
+
+
+def frame_instances(batch: dict, frame_id: int) -> FrameInstances:
+    """Instances of one frame of a batch laid out as ``mal_jax.core.frames``: masks (B, K, H, W)
+    from ``instance_ids`` (B, F, H, W), classes and scores from (B, F, K)."""
+    missing = [key for key in INSTANCE_KEYS if key not in batch]
+    if missing:
+        raise KeyError(f"batch: temporal hints need {missing} (instance masks; see "
+                       "mal_jax/data/masks.py) or mal.temporal=mal.main_temporal=False")
+    index = FRAME_INDEX[frame_id]
+    num_slots = batch["instance_class"].shape[-1]
+    return FrameInstances(instance_masks(batch["instance_ids"][:, index], num_slots),
+                          batch["instance_class"][:, index], batch["instance_score"][:, index])
+
+
+def warp_instances(instances: FrameInstances, pix_coords: jax.Array) -> FrameInstances:
+    """A source frame's masks resampled into frame 0 with its image's sampling grid
+    (``frames.warp_sources``; bilinear, border padding, so soft values, as the warped image a
+    segmenter would see). The grid is a constant here: masks carry no gradient to the pose."""
+    masks = jnp.moveaxis(instances.masks, 1, -1)
+    warped = geometry.grid_sample(masks, jax.lax.stop_gradient(pix_coords), "border")
+    return instances._replace(masks=jnp.moveaxis(warped, -1, 1))
 
 
 def binarize_warped_masks(masks: jax.Array, threshold: float = 0.5) -> jax.Array:

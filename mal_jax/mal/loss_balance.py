@@ -20,8 +20,19 @@ reference indexes its record table by the step within the epoch, so a new epoch 
 from row 0 and averages only its own rows). The weights applied to a step's loss are those
 from before that step's update, and they are constants to the gradient.
 
-Everything lives in :class:`BalanceState`, a pytree of arrays that a jitted train step can
-carry and a checkpoint can store.
+Everything the step carries lives in :class:`BalanceState`, a pytree of arrays that a jitted
+train step can carry and a checkpoint can store; everything static in :class:`BalanceSettings`.
+This module owns the whole rule: :func:`initial_state`, :func:`apply` (the balanced loss),
+:func:`update` (after the step, with the lambda schedule) and :func:`weight_metrics`.
+
+What is balanced, as the reference: the *original* loss (the student's loss without
+distillation plus, while it trains, the teacher's loss) against the *distillation* loss
+(:data:`BALANCED_PARTS`, entries of the objective's parts). The velocity loss (synthetic data
+only, :mod:`mal_jax.mal.objective`) is part of the original loss: it supervises the pose
+network alongside the teacher's photometric loss, and the distillation loss never reaches the
+pose network, so a small ``w_original`` scales the pose network's whole loss (photometric and
+velocity together, which Adam's normalisation undoes) instead of leaving it the velocity loss
+alone.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+# The objective's parts that are balanced, in weight order: (original, distillation).
+BALANCED_PARTS = ("original_loss", "distil_loss")
 # Bounds of the per-update multiplicative change of a weight.
 MIN_ADJUST, MAX_ADJUST = 0.5, 2.0
 
@@ -47,6 +60,23 @@ class LambdaSchedule:
     def at(self, epoch) -> jax.Array:
         """Lambda for a (0-based) epoch; jittable in ``epoch``."""
         return jnp.maximum(self.start + self.slope * jnp.asarray(epoch, jnp.float32), self.floor)
+
+
+@dataclasses.dataclass(frozen=True)
+class BalanceSettings:
+    """Static description of the balancing (hashable: part of the jitted step's settings).
+
+    enabled: balance original vs distillation (MAL: on, ``--loss_blc``); needs distillation.
+    batch_factor: multiply the balanced loss by the batch size, as the reference's sum over
+      batch elements does (see configs/default.py for why it is off by default).
+    schedule: lambda per epoch (MAL: 3, -1.5, -3).
+    steps_per_epoch: training steps per epoch; the means restart and lambda moves per epoch.
+    """
+
+    enabled: bool = True
+    batch_factor: bool = False
+    schedule: LambdaSchedule = LambdaSchedule()
+    steps_per_epoch: int = 0
 
 
 @struct.dataclass
@@ -149,3 +179,40 @@ def update_balance(
         epoch_count=epoch_count,
         initialized=state.initialized | can_start,
     )
+
+
+def initial_state(settings: BalanceSettings) -> BalanceState | dict:
+    """The state a fresh run starts with ({} when balancing is off: nothing to carry)."""
+    return init_balance(len(BALANCED_PARTS)) if settings.enabled else {}
+
+
+def observed(parts: dict) -> jax.Array:
+    """The (original, distillation) losses of one step's parts, (2,)."""
+    return jnp.stack([parts[name] for name in BALANCED_PARTS])
+
+
+def apply(settings: BalanceSettings, state: BalanceState, parts: dict, batch_size: int
+          ) -> jax.Array:
+    """The balanced loss of one step (weights from before the step's update)."""
+    factor = batch_size if settings.batch_factor else 1.0
+    return balanced_loss(state, observed(parts), factor)
+
+
+def update(settings: BalanceSettings, state, parts: dict, step) -> BalanceState | dict:
+    """The state after step ``step`` (0-based global step) observed ``parts``; unchanged when
+    balancing is off."""
+    if not settings.enabled:
+        return state
+    if settings.steps_per_epoch < 1:
+        raise ValueError(f"BalanceSettings.steps_per_epoch={settings.steps_per_epoch}: "
+                         "balancing needs the number of steps per epoch (>= 1)")
+    epoch, step_in_epoch = jnp.divmod(step, settings.steps_per_epoch)
+    return update_balance(state, observed(parts), step_in_epoch, settings.schedule.at(epoch))
+
+
+def weight_metrics(settings: BalanceSettings, state) -> dict:
+    """The weights as scalars named ``balance/w_original``, ``balance/w_distil`` ({} if off)."""
+    if not settings.enabled:
+        return {}
+    return {f"balance/w_{name.removesuffix('_loss')}": state.weights[index]
+            for index, name in enumerate(BALANCED_PARTS)}

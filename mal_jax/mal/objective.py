@@ -1,334 +1,167 @@
-"""MAL's training loss on top of ManyDepth's training forward pass (``objective.train_forward``).
+"""The training objective: ManyDepth's two losses with MAL's parts, each switchable.
 
-Composition reproduced from the MAL reference, per part (each has a switch in
-:class:`MalSettings`):
+Plain ManyDepth is this objective with every MAL part off (:data:`MANYDEPTH`); the published
+MAL recipe is :data:`MAL_PRESET` (``--loss_blc --load_pretrained --temporal --distil``, ensemble
+on). Composition, as the reference's trainer and loss utilities:
 
-* teacher (single-frame) loss: auto-masked minimum reprojection + smoothness at full
-  resolution only (scale 0). ``temporal`` adds the two temporal-hint frames synthesized from
-  the teacher's warped frames as extra minimum candidates (not to the identity candidates).
-* student (multi-frame) loss: minimum reprojection on the pixels where the cost volume is
-  trusted, consistency with the teacher elsewhere, smoothness; scale 0 only. Auto-masking is
-  computed by the reference but then replaced by the trusted mask, so it is left out here.
-  ``main_temporal`` adds temporal-hint frames synthesized from the student's own warped
-  frames (poses detached).
-* ``distil``: the distillation hint of :mod:`mal_jax.mal.distillation`, with the ensemble
-  candidate when ``ensemble`` is on; it joins the student's loss with weight 1.
-* the teacher's entries are added to the student's entries of the same name (``loss``,
-  ``loss/0``, ``reproj_loss/0``) while the teacher trains, as in ManyDepth.
-* ``loss_balance``: instead, ``loss = factor * (w_0 * original + w_1 * distil)`` where
-  ``original`` is the student's loss without distillation plus the teacher's loss and the
-  weights come from :mod:`mal_jax.mal.loss_balance` (they are updated after the step from
-  :func:`balance_observation`). The reference adds the weighted sum once per batch element,
-  i.e. ``factor`` = batch size; ``balance_batch_factor`` switches that factor on.
+* teacher loss and student loss (:mod:`mal_jax.core.network_losses`) over the loss scales:
+  ManyDepth's (``LossSettings.scales``, 0..3) when no MAL part is on or with ``multi_scale``,
+  else full resolution only, as MAL's code (:meth:`MalSettings.loss_scales`);
+* ``temporal``: the two temporal-hint frames (synthesized from the teacher's warped sources)
+  join the teacher's minimum reprojection candidates; ``main_temporal`` gives the student its
+  own (off in the published recipe: the reference then forces the student's "has instances"
+  flag off, so only the teacher gets hints);
+* ``distil``: the distillation hint of :mod:`mal_jax.mal.distillation` (with the ensemble
+  candidate when ``ensemble``) joins the student's loss with weight 1; the reference reports it
+  inside the student's ``loss/0`` too;
+* the teacher's entries are added to the student's entries of the same name while the teacher
+  trains, as in ManyDepth;
+* the velocity loss (synthetic data only; ``LossSettings.velocity_weight``) supervises the
+  pose network's translation length while the teacher and pose train; it is part of the
+  *original* loss;
+* loss balancing (:mod:`mal_jax.mal.loss_balance`): instead of ``original + distillation``
+  the loss is the weighted sum of the two; ``original`` is the student's loss without
+  distillation plus the teacher's loss and the velocity loss.
 
-``multi_scale=True`` instead averages the teacher and student losses over
-``LossSettings.scales`` like ManyDepth (temporal hints synthesized at every scale from that
-scale's warped frames); distillation stays at full resolution and is added to the average.
 With no matched object the temporal-hint frames equal the warped frames, so every sample
-without one gets exactly the ManyDepth loss.
-
-The reference hard-codes smoothness 1e-3 at scale 0 in its MAL path; here it is
-``LossSettings.disparity_smoothness`` (1e-3 by default).
+without one gets exactly the ManyDepth loss. The reference hard-codes smoothness 1e-3 at
+scale 0 in its MAL path; here it is ``LossSettings.disparity_smoothness`` (1e-3 by default).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from mal_jax.core import geometry, losses, objective
+from mal_jax.core import network_losses
+from mal_jax.core.frames import FRAME_INDEX, SOURCE_FRAMES
+from mal_jax.core.network_losses import LossSettings
 from mal_jax.mal import distillation, loss_balance
-from mal_jax.mal.instance_matching import FrameInstances, instance_masks
-from mal_jax.mal.temporal_hints import TemporalHintConfig, temporal_hint_candidates
-
-# (warped {f: image}, pixel grids {f: (B,H,W,2)}) -> (syn_prev, syn_next) at one scale.
-HintFn = Callable[[dict, dict], tuple[jax.Array, jax.Array]]
-INSTANCE_KEYS = ("instance_ids", "instance_class", "instance_score")
+from mal_jax.mal.temporal_hints import TemporalHintConfig, instance_hints
 
 
 @dataclasses.dataclass(frozen=True)
 class MalSettings:
-    """Which MAL parts are on (hashable: pass as a static jit argument).
+    """Which MAL parts are on (hashable: part of the jitted step's static settings).
 
-    The defaults are the full MAL preset: every part on, full resolution only.
+    The defaults are MAL's published recipe; every "(MAL: x)" is that recipe's value.
     """
 
-    temporal: bool = True
-    main_temporal: bool = True
-    distil: bool = True
-    ensemble: bool = True
-    loss_balance: bool = True
-    multi_scale: bool = False
-    balance_batch_factor: bool = False
+    temporal: bool = True  # temporal hints for the teacher (MAL: on, --temporal)
+    main_temporal: bool = False  # temporal hints for the student too (MAL: off)
+    distil: bool = True  # distillation hint for the student (MAL: on, --distil)
+    ensemble: bool = True  # ensemble candidate of the distillation (MAL: on, no --no_ens)
+    multi_scale: bool = False  # MAL's losses over ManyDepth's scales (MAL: off, scale 0)
     hints: TemporalHintConfig = TemporalHintConfig()
+    balance: loss_balance.BalanceSettings = loss_balance.BalanceSettings()  # (MAL: on)
 
     def __post_init__(self):
-        if self.loss_balance and not self.distil:
-            raise ValueError(
-                "MalSettings: loss_balance=True needs distil=True (it balances "
-                "the original loss against the distillation loss)"
-            )
+        if self.balance.enabled and not self.distil:
+            raise ValueError("MalSettings: balance.enabled=True needs distil=True (it balances "
+                             "the original loss against the distillation loss)")
+
+    @property
+    def uses_hints(self) -> bool:
+        return self.temporal or self.main_temporal
+
+    def loss_scales(self, manydepth_scales: tuple[int, ...]) -> tuple[int, ...]:
+        """The scales both losses average over: ManyDepth's without MAL or with
+        ``multi_scale``, else full resolution only (MAL's code)."""
+        if self.multi_scale or not (self.uses_hints or self.distil):
+            return tuple(manydepth_scales)
+        return (0,)
 
 
 MAL_PRESET = MalSettings()
-# ManyDepth itself: no MAL part, losses over ManyDepth's scales.
-MANYDEPTH_PRESET = MalSettings(
-    temporal=False,
-    main_temporal=False,
-    distil=False,
-    ensemble=False,
-    loss_balance=False,
-    multi_scale=True,
-)
+# ManyDepth itself: every MAL part off (its losses over ManyDepth's scales).
+MANYDEPTH = MalSettings(temporal=False, distil=False, ensemble=False,
+                        balance=loss_balance.BalanceSettings(enabled=False))
 
 
-def frame_instances(batch: dict, frame_id: int) -> FrameInstances:
-    """Instances of one frame from the batch's id maps: masks (B, K, H, W)."""
-    missing = [key for key in INSTANCE_KEYS if key not in batch]
-    if missing:
-        raise KeyError(
-            f"batch: temporal hints need {missing} (instance masks; see "
-            "mal_jax/data/masks.py) or temporal=main_temporal=False"
-        )
-    index = objective.FRAME_INDEX[frame_id]
-    num_slots = batch["instance_class"].shape[-1]
-    return FrameInstances(
-        instance_masks(batch["instance_ids"][:, index], num_slots),
-        batch["instance_class"][:, index],
-        batch["instance_score"][:, index],
-    )
+def velocity_loss(cam_T_cam: dict, true_cam_T_cam: jnp.ndarray) -> jnp.ndarray:
+    """PackNet-SfM's weak velocity supervision: mean over samples and source frames of
+    ``| |t| - |t_true| |``, the predicted and known camera translation lengths in metres.
 
-
-def warp_instances(instances: FrameInstances, pix_coords: jax.Array) -> FrameInstances:
-    """Resample a source frame's masks into the target view with the images' sampling grid
-    (bilinear, border padding, like the warped image a segmenter would see)."""
-    masks = jnp.moveaxis(instances.masks, 1, -1)
-    warped = geometry.grid_sample(masks, jax.lax.stop_gradient(pix_coords), "border")
-    return instances._replace(masks=jnp.moveaxis(warped, -1, 1))
-
-
-def instance_hints(batch: dict, config: TemporalHintConfig) -> HintFn:
-    """Temporal hints from the batch's instance masks, for any network's warped frames."""
-    current = frame_instances(batch, 0)
-    sources = {f: frame_instances(batch, f) for f in objective.SOURCE_FRAMES}
-
-    def hints(warped: dict, pix_coords: dict):
-        prev, next_ = (warp_instances(sources[f], pix_coords[f]) for f in (-1, 1))
-        syn_prev, syn_next, _ = temporal_hint_candidates(
-            warped[-1], warped[1], current, prev, next_, config
-        )
-        return syn_prev, syn_next
-
-    return hints
-
-
-def _warp_sources(frames, depth, cam_T_cam, K0, inv_K0) -> tuple[dict, dict]:
-    warped, coords = {}, {}
-    for f in objective.SOURCE_FRAMES:
-        warped[f], coords[f] = geometry.warp_frame(
-            objective.frame(frames, f), depth, cam_T_cam[f], K0, inv_K0
-        )
-    return warped, coords
-
-
-def min_reprojection(
-    frames: jax.Array,
-    depth: jax.Array,
-    cam_T_cam: dict,
-    K0: jax.Array,
-    inv_K0: jax.Array,
-    hints: HintFn | None = None,
-) -> jax.Array:
-    """Per-pixel minimum (B, H, W, 1) of the warped sources' reprojection errors and, with
-    ``hints``, of the two temporal-hint frames built from those warped sources."""
-    warped, coords = _warp_sources(frames, depth, cam_T_cam, K0, inv_K0)
-    extra = hints(warped, coords) if hints is not None else ()
-    errors = objective.reprojection_candidates(warped, objective.frame(frames, 0), tuple(extra))
-    return losses.per_pixel_minimum(errors)
-
-
-def teacher_loss(
-    outputs: dict,
-    batch: dict,
-    loss_settings: objective.LossSettings,
-    scales: tuple[int, ...] = (0,),
-    hints: HintFn | None = None,
-    noise_rng: jax.Array | None = None,
-) -> tuple[jax.Array, dict, jax.Array]:
-    """The single-frame teacher's loss; returns ``(loss, parts, reprojection_min)``.
-
-    ``reprojection_min`` (B, H, W, 1) is the full-resolution per-pixel minimum over all
-    candidates before auto-masking: the teacher's error for the distillation hint.
+    The photometric loss only sees translation over depth, so from random weights the scale of
+    both drifts freely until the depth range saturates; knowing the distance driven (a car's
+    odometer) pins it. ``true_cam_T_cam`` is the batch's (B, F, 4, 4) frame-0-to-frame-f
+    poses; flips and inversion keep translation lengths, so no convention matters here.
     """
-    frames = batch["frames"]
-    K0, inv_K0 = batch["K"][:, 0], batch["inv_K"][:, 0]
-    identity = objective.identity_error(frames)
-    parts, total, scale0_min = {}, 0.0, None
-    for scale in scales:
-        reprojection = min_reprojection(
-            frames, outputs["mono_depth"][scale], outputs["cam_T_cam"], K0, inv_K0, hints
-        )
-        noise = None
-        if loss_settings.tie_break_noise and noise_rng is not None:
-            noise = losses.tie_break_noise(jax.random.fold_in(noise_rng, scale), identity.shape)
-        mask = (
-            losses.automask(reprojection, identity, noise)
-            if loss_settings.automasking
-            else jnp.ones_like(reprojection)
-        )
-        reproj_loss = losses.masked_mean(reprojection, mask)
-        loss = reproj_loss + objective.smoothness_term(
-            outputs["mono_disp"][scale], frames, scale, loss_settings.disparity_smoothness
-        )
-        parts[f"reproj_loss/{scale}"], parts[f"loss/{scale}"] = reproj_loss, loss
-        total = total + loss
-        if scale == 0:
-            scale0_min = reprojection
-    if scale0_min is None:
-        raise ValueError(f"teacher_loss: scales {scales} must include 0 (distillation uses it)")
-    parts["loss"] = total / len(scales)
-    return parts["loss"], parts, scale0_min
+    errors = []
+    for frame_id in SOURCE_FRAMES:
+        predicted = jnp.linalg.norm(cam_T_cam[frame_id][:, :3, 3], axis=-1)
+        known = jnp.linalg.norm(true_cam_T_cam[:, FRAME_INDEX[frame_id], :3, 3], axis=-1)
+        errors.append(jnp.abs(predicted - known))
+    return jnp.mean(jnp.stack(errors))
 
 
-def student_loss(
-    outputs: dict,
-    batch: dict,
-    loss_settings: objective.LossSettings,
-    scales: tuple[int, ...] = (0,),
-    hints: HintFn | None = None,
-    teacher_error: jax.Array | None = None,
-    ensemble_error: jax.Array | None = None,
-    add_distillation: bool = True,
-) -> tuple[jax.Array, dict]:
-    """The multi-frame student's loss, with the distillation hint when ``teacher_error`` is
-    given (``ensemble_error=None`` drops the ensemble candidate).
+def _distillation_loss(outputs: dict, batch: dict, settings: LossSettings, ensemble: bool,
+                       teacher_error: jax.Array | None, student_error: jax.Array | None):
+    if teacher_error is None or student_error is None:
+        raise ValueError(f"objective: distillation compares full-resolution errors, so the "
+                         f"loss scales {settings.scales} must include 0")
+    ensemble_error = None
+    if ensemble:
+        disp = distillation.ensemble_disparity(outputs["mono_disp"][0], outputs["disp"][0])
+        ensemble_error = distillation.ensemble_reprojection(
+            batch["frames"], disp, outputs["cam_T_cam"], batch["K"][:, 0], batch["inv_K"][:, 0],
+            settings.min_depth, settings.max_depth)
+    trusted, _ = network_losses.student_masks(outputs, settings)
+    loss, _ = distillation.distillation_hint(teacher_error, student_error,
+                                             outputs["mono_depth"][0], outputs["depth"][0],
+                                             trusted, ensemble_error)
+    return loss
 
-    Parts: ``reproj_loss/s``, ``consistency_loss/s``, ``loss/s``, ``original_loss`` (without
-    distillation), ``distil_loss`` and ``loss``. With ``add_distillation`` the distillation
-    loss is added to ``loss`` (and, at full resolution only, to ``loss/0`` as the reference
-    reports it); otherwise a balancing step combines the two.
+
+def student_parts(outputs: dict, batch: dict, mal: MalSettings, settings: LossSettings,
+                  hints, teacher_error: jax.Array | None) -> dict:
+    """The student's loss entries with MAL's parts: ``original_loss`` (without distillation),
+    ``distil_loss`` when distilling, and ``loss`` (plus distillation unless balancing)."""
+    _, parts, student_error = network_losses.student_loss(
+        outputs, batch, settings, hints if mal.main_temporal else None)
+    parts["original_loss"] = parts["loss"]
+    if mal.distil:
+        parts["distil_loss"] = _distillation_loss(outputs, batch, settings, mal.ensemble,
+                                                  teacher_error, student_error)
+        if not mal.balance.enabled:
+            parts["loss"] = parts["loss"] + parts["distil_loss"]
+            if settings.scales == (0,):  # as the reference reports it
+                parts["loss/0"] = parts["loss"]
+    return parts
+
+
+def objective(outputs: dict, batch: dict, mal: MalSettings, loss_settings: LossSettings,
+              balance: loss_balance.BalanceState | dict | None = None, *,
+              train_teacher: bool = True, noise_rng: jax.Array | None = None
+              ) -> tuple[jax.Array, dict]:
+    """The whole loss of one step from ``train_forward`` outputs; returns ``(loss, parts)``.
+
+    ``balance`` is required when ``mal.balance.enabled``; update it after the step with
+    ``loss_balance.update``. With ``train_teacher=False`` (teacher and pose frozen) the
+    teacher's loss only supplies its error map and the velocity loss is left out. Temporal
+    hints read the batch's ``instance_ids``/``instance_class``/``instance_score``; the
+    velocity loss its ``cam_T_cam``.
     """
-    frames = batch["frames"]
-    K0, inv_K0 = batch["K"][:, 0], batch["inv_K"][:, 0]
-    cam_T_cam = jax.lax.stop_gradient(outputs["cam_T_cam"])
-    trusted, consistency_weight = losses.multi_frame_masks(
-        outputs["consistency_mask"]
-        if loss_settings.motion_masking
-        else jnp.ones_like(outputs["consistency_mask"]),
-        outputs["augmentation_mask"][:, None, None, None],
-    )
-    parts, total, scale0_min = {}, 0.0, None
-    for scale in scales:
-        depth = outputs["depth"][scale]
-        reprojection = min_reprojection(frames, depth, cam_T_cam, K0, inv_K0, hints)
-        reproj_loss = losses.masked_mean(reprojection, trusted)
-        consistency = losses.consistency_loss(
-            depth, outputs["mono_depth"][scale], consistency_weight
-        )
-        loss = (
-            reproj_loss
-            + consistency
-            + objective.smoothness_term(
-                outputs["disp"][scale], frames, scale, loss_settings.disparity_smoothness
-            )
-        )
-        parts[f"reproj_loss/{scale}"] = reproj_loss
-        parts[f"consistency_loss/{scale}"] = consistency
-        parts[f"loss/{scale}"] = loss
-        total = total + loss
-        if scale == 0:
-            scale0_min = reprojection
-    parts["original_loss"] = total / len(scales)
-    parts["distil_loss"] = jnp.zeros((), jnp.float32)
-    if teacher_error is not None:
-        parts["distil_loss"], _ = distillation.distillation_hint(
-            teacher_error,
-            scale0_min,
-            outputs["mono_depth"][0],
-            outputs["depth"][0],
-            trusted,
-            ensemble_error,
-        )
-    parts["loss"] = parts["original_loss"]
-    if add_distillation and teacher_error is not None:
-        parts["loss"] = parts["loss"] + parts["distil_loss"]
-        if scales == (0,):
-            parts["loss/0"] = parts["loss"]
-    return parts["loss"], parts
+    if mal.balance.enabled and not isinstance(balance, loss_balance.BalanceState):
+        raise ValueError("objective: mal.balance.enabled needs a BalanceState (balance=...)")
+    settings = dataclasses.replace(loss_settings, scales=mal.loss_scales(loss_settings.scales))
+    hints = instance_hints(batch, mal.hints) if mal.uses_hints else None
 
-
-def _ensemble_error(outputs: dict, batch: dict, loss_settings) -> jax.Array:
-    disp = distillation.ensemble_disparity(outputs["mono_disp"][0], outputs["disp"][0])
-    return distillation.ensemble_reprojection(
-        batch["frames"],
-        disp,
-        outputs["cam_T_cam"],
-        batch["K"][:, 0],
-        batch["inv_K"][:, 0],
-        loss_settings.min_depth,
-        loss_settings.max_depth,
-    )
-
-
-def mal_loss(
-    outputs: dict,
-    batch: dict,
-    settings: MalSettings,
-    loss_settings: objective.LossSettings,
-    balance: loss_balance.BalanceState | None = None,
-    *,
-    train_teacher: bool = True,
-    noise_rng: jax.Array | None = None,
-) -> tuple[jax.Array, dict]:
-    """The whole MAL loss of one step from ``train_forward`` outputs; returns (loss, parts).
-
-    ``balance`` is required when ``settings.loss_balance``; update it after the step with
-    ``loss_balance.update_balance(balance, balance_observation(parts), ...)``. With
-    ``train_teacher=False`` (frozen teacher) the teacher's loss only supplies its error map.
-    Temporal hints read the batch's ``instance_ids``/``instance_class``/``instance_score``.
-    """
-    if settings.loss_balance and balance is None:
-        raise ValueError("mal_loss: settings.loss_balance needs a BalanceState (balance=...)")
-    scales = tuple(loss_settings.scales) if settings.multi_scale else (0,)
-    needs_hints = settings.temporal or settings.main_temporal
-    hints = instance_hints(batch, settings.hints) if needs_hints else None
-
-    _, teacher_parts, teacher_error = teacher_loss(
-        outputs, batch, loss_settings, scales, hints if settings.temporal else None, noise_rng
-    )
-    ensemble_error = (
-        _ensemble_error(outputs, batch, loss_settings)
-        if settings.distil and settings.ensemble
-        else None
-    )
-    _, student_parts = student_loss(
-        outputs,
-        batch,
-        loss_settings,
-        scales,
-        hints if settings.main_temporal else None,
-        teacher_error if settings.distil else None,
-        ensemble_error,
-        add_distillation=not settings.loss_balance,
-    )
-
-    parts = objective.combine_losses(student_parts, teacher_parts if train_teacher else None)
-    parts["teacher/loss"] = teacher_parts["loss"]
-    parts["student/loss"] = student_parts["loss"]
+    _, teacher, teacher_error = network_losses.teacher_loss(
+        outputs, batch, settings, hints if mal.temporal else None, noise_rng)
+    student = student_parts(outputs, batch, mal, settings, hints, teacher_error)
+    parts = network_losses.combine_losses(student, teacher if train_teacher else None)
+    parts["teacher/loss"], parts["student/loss"] = teacher["loss"], student["loss"]
     # The teacher has no "original_loss" entry, so combine_losses left the student's alone.
-    parts["original_loss"] = student_parts["original_loss"] + (
-        teacher_parts["loss"] if train_teacher else 0.0
-    )
-    if settings.loss_balance:
-        factor = batch["frames"].shape[0] if settings.balance_batch_factor else 1.0
-        parts["loss"] = loss_balance.balanced_loss(balance, balance_observation(parts), factor)
-        parts["w_original"], parts["w_distil"] = balance.weights[0], balance.weights[1]
+    parts["original_loss"] = student["original_loss"] + (teacher["loss"] if train_teacher
+                                                         else 0.0)
+    if settings.velocity_weight and train_teacher:
+        parts["velocity_loss"] = velocity_loss(outputs["cam_T_cam"], batch["cam_T_cam"])
+        weighted = settings.velocity_weight * parts["velocity_loss"]
+        parts["original_loss"] = parts["original_loss"] + weighted
+        parts["loss"] = parts["loss"] + weighted
+    if mal.balance.enabled:
+        parts["loss"] = loss_balance.apply(mal.balance, balance, parts, batch["frames"].shape[0])
     return parts["loss"], parts
-
-
-def balance_observation(parts: dict) -> jax.Array:
-    """The (original, distillation) loss pair that the balancing rule records, (2,)."""
-    return jnp.stack([parts["original_loss"], parts["distil_loss"]])

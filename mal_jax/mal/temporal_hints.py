@@ -31,11 +31,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from mal_jax.core.network_losses import HintFn
 from mal_jax.mal.instance_matching import (
     DEFAULT_SCORE_THRESHOLD,
     FrameInstances,
     binarize_warped_masks,
+    frame_instances,
     match_instances,
+    warp_instances,
 )
 
 # Half-displacements below this many pixels are treated as static with ``replace=True``.
@@ -261,3 +264,18 @@ def temporal_hint_candidates(
     """
     per_sample = lambda a, b, c, d, e: _hints_one_sample(a, b, c, d, e, config)
     return jax.vmap(per_sample)(warped_prev, warped_next, current, prev, next_)
+
+
+def instance_hints(batch: dict, config: TemporalHintConfig) -> HintFn:
+    """The two temporal-hint frames as a ``HintFn`` of either network's warped sources, from
+    the batch's instance masks (``instance_ids``/``instance_class``/``instance_score``)."""
+    current = frame_instances(batch, 0)
+    sources = {f: frame_instances(batch, f) for f in (-1, 1)}
+
+    def hints(warped: dict, grids: dict) -> tuple[jax.Array, jax.Array]:
+        prev, next_ = (warp_instances(sources[f], grids[f]) for f in (-1, 1))
+        syn_prev, syn_next, _ = temporal_hint_candidates(
+            warped[-1], warped[1], current, prev, next_, config)
+        return syn_prev, syn_next
+
+    return hints

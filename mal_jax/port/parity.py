@@ -20,10 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax.core import geometry, losses, objective
+from mal_jax.core import geometry, losses
+from mal_jax.core.network_losses import LossSettings
+from mal_jax.mal.objective import MANYDEPTH, objective
 from mal_jax.models.manydepth import ManyDepth
 from mal_jax.port.convert import _to_flax, convert_state_dicts, torch_key
 from mal_jax.port.golden import GoldenFile, nchw_to_nhwc
+from mal_jax.train.forward import train_forward
 
 # Settings of the reference run that produced the golden file (see shared/golden/README.md).
 EVAL_BINS = (0.5, 15.0)
@@ -98,15 +101,13 @@ class Context:
 
     def _loss_fn(self, variables: dict, batch: dict):
         """The reference's training-mode loss of ``params`` (aux: parts, outputs, variables)."""
-        settings = objective.LossSettings(tie_break_noise=False)
+        settings = LossSettings(tie_break_noise=False)
 
         def loss_fn(params):
-            outputs, updated = objective.train_forward(
+            outputs, updated = train_forward(
                 self.model, {**variables, "params": params}, batch, *TRAIN_BINS,
                 settings=settings)
-            _, teacher = objective.single_frame_loss(outputs, batch, settings)
-            _, multi = objective.multi_frame_loss(outputs, batch, settings)
-            parts = objective.combine_losses(multi, teacher)
+            _, parts = objective(outputs, batch, MANYDEPTH, settings)
             return parts["loss"], (parts, outputs, updated)
 
         return loss_fn

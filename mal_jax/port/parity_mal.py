@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax.core import objective
+from mal_jax.core import network_losses
 from mal_jax.mal import distillation, loss_balance
 from mal_jax.mal import objective as mal_objective
+from mal_jax.mal.loss_balance import BalanceSettings
 from mal_jax.mal.temporal_hints import synthesize_linear_motion
 from mal_jax.port.golden import nchw_to_nhwc
 from mal_jax.port.parity import Check, compare_abs, compare_rel
@@ -78,12 +79,13 @@ def _mal_terms(ctx) -> dict:
     g = ctx.golden
     outputs = ctx.train_outputs()[1]
     syn = tuple(jnp.asarray(nchw_to_nhwc(g[f"mal/syn_input/{f}"])) for f in (-1, 1))
-    settings = objective.LossSettings(tie_break_noise=False)
+    settings = network_losses.LossSettings(scales=(0,), tie_break_noise=False)
+    unbalanced = BalanceSettings(enabled=False)
 
     def compute(outputs, batch, syn):
         golden_hints = lambda warped, coords: syn  # noqa: E731
-        _, teacher, teacher_error = mal_objective.teacher_loss(
-            outputs, batch, settings, (0,), golden_hints
+        _, teacher, teacher_error = network_losses.teacher_loss(
+            outputs, batch, settings, golden_hints
         )
         ensemble_disp = distillation.ensemble_disparity(outputs["mono_disp"][0], outputs["disp"][0])
         ensemble_error = distillation.ensemble_reprojection(
@@ -95,19 +97,21 @@ def _mal_terms(ctx) -> dict:
             settings.min_depth,
             settings.max_depth,
         )
-        _, student = mal_objective.student_loss(
-            outputs, batch, settings, (0,), None, teacher_error, ensemble_error
+        student = mal_objective.student_parts(
+            outputs, batch, mal_objective.MalSettings(temporal=False, balance=unbalanced),
+            settings, None, teacher_error
         )
-        _, student_no_ens = mal_objective.student_loss(
-            outputs, batch, settings, (0,), None, teacher_error, None
+        student_no_ens = mal_objective.student_parts(
+            outputs, batch,
+            mal_objective.MalSettings(temporal=False, ensemble=False, balance=unbalanced),
+            settings, None, teacher_error
         )
-        student_error = mal_objective.min_reprojection(
+        student_error = network_losses.min_reprojection(
             batch["frames"],
             outputs["depth"][0],
             outputs["cam_T_cam"],
             batch["K"][:, 0],
             batch["inv_K"][:, 0],
-            None,
         )
         return {
             "teacher": teacher,

@@ -51,9 +51,10 @@ class Row:
 
     name: str  # folder and JSON key
     label: str  # table label
-    temporal: bool  # temporal hints (teacher and student)
+    temporal: bool  # temporal hints for the teacher
     distil: bool  # distillation hints with the ensemble candidate
     loss_balance: bool  # balancing of original vs distillation loss
+    student_hints: bool = False  # temporal hints for the student too (not in MAL's recipe)
     loss_scales: tuple[int, ...] | None = None  # ManyDepth's loss scales (None: the config's)
 
 
@@ -64,26 +65,56 @@ ROWS = (
     # be read against a baseline that differs from them in MAL's parts alone.
     Row("baseline_scale0", "ManyDepth, full-resolution loss only", temporal=False,
         distil=False, loss_balance=False, loss_scales=(0,)),
-    Row("temporal", "+ temporal hints", temporal=True, distil=False, loss_balance=False),
-    Row("distil", "+ distillation hints", temporal=False, distil=True, loss_balance=False),
-    Row("both", "+ both", temporal=True, distil=True, loss_balance=False),
-    Row("mal", "+ both + loss balancing (MAL)", temporal=True, distil=True, loss_balance=True),
+    # The MAL parts added one at a time up to the published recipe (MAL's README commands:
+    # --temporal --distil --loss_blc, ensemble on, hints for the teacher only).
+    Row("temporal", "+ temporal hints (teacher)", temporal=True, distil=False,
+        loss_balance=False),
+    Row("distil", "+ distillation hints", temporal=True, distil=True, loss_balance=False),
+    Row("mal", "+ loss balancing (MAL's published recipe)", temporal=True, distil=True,
+        loss_balance=True),
+    # An option the published recipe leaves off (--main_temporal): hints for the student too.
+    Row("mal_student_hints", "MAL + student hints", temporal=True, distil=True,
+        loss_balance=True, student_hints=True),
 )
 BASELINE = ROWS[0].name
 CONTROL = ROWS[1].name
 # Key of the pretrained models every row starts from (evaluated too: the starting point).
 START = "pretrained"
+# The balance weights as the train step logs them (mal_jax.mal.loss_balance.weight_metrics).
+BALANCE_TAGS = ("balance/w_original", "balance/w_distil")
 
 
 def with_mal_parts(config: ml_collections.ConfigDict, row: Row) -> ml_collections.ConfigDict:
     """A copy of ``config`` with exactly ``row``'s MAL parts on."""
     config = ml_collections.ConfigDict(config.to_dict())
-    config.mal.temporal = config.mal.main_temporal = row.temporal
+    config.mal.temporal = row.temporal
+    config.mal.main_temporal = row.student_hints
     config.mal.distil = config.mal.ensemble = row.distil
     config.mal.loss_balance = row.loss_balance
     if row.loss_scales is not None:
         config.loss.scales = row.loss_scales
     return config
+
+
+def balance_trajectory(workdir: str) -> dict:
+    """The balance weights a run logged, per logged step, read back from its TensorBoard
+    events: ``{"step": [...], "w_original": [...], "w_distil": [...]}`` (empty lists for a run
+    without balancing). A resumed run's later events replace earlier ones of the same step."""
+    import tensorflow as tf  # only here: reading events needs TF's record reader
+
+    by_step: dict = {}
+    for path in sorted(tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag in BALANCE_TAGS:
+                    scalar = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") \
+                        else float(value.simple_value)
+                    by_step.setdefault(int(event.step), {})[value.tag] = scalar
+    steps = sorted(step for step, tags in by_step.items() if len(tags) == len(BALANCE_TAGS))
+    trajectory = {"step": steps}
+    for tag in BALANCE_TAGS:
+        trajectory[tag.split("/")[1]] = [by_step[step][tag] for step in steps]
+    return trajectory
 
 
 def pretrain_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
@@ -182,7 +213,8 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
     metrics ``{row: {seed: evaluate() metrics}}``, with the pretrained starting points under
     :data:`START` (keyed by their pretraining seed). ``<workdir>/ablation_runs.json`` is
     rewritten after every run, so an interrupted ablation leaves what it finished;
-    ``ablation_timing.json`` beside it holds each run's steps and training seconds."""
+    ``ablation_timing.json`` beside it holds each run's steps and training seconds, and
+    ``ablation_balance.json`` each run's balance-weight trajectory (:func:`balance_trajectory`)."""
     seeds = [int(seed) for seed in config.ablation.seeds]
     programs = _Programs()
     names = (START, *(row.name for row in rows))
@@ -194,12 +226,16 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
         with open(timing_path) as handle:
             timing.update(json.load(handle))
 
-    def record(name: str, seed: int, outcome: tuple[dict, dict | None]) -> None:
+    balance: dict = {name: {} for name in names}
+
+    def record(name: str, seed: int, run_dir: str, outcome: tuple[dict, dict | None]) -> None:
         runs[name][str(seed)] = outcome[0]["metrics"]
+        balance[name][str(seed)] = balance_trajectory(run_dir)
         if outcome[1] is not None:
             timing.setdefault(name, {})[str(seed)] = outcome[1]
         for file_name, content in (("ablation_runs.json", runs),
-                                   ("ablation_timing.json", timing)):
+                                   ("ablation_timing.json", timing),
+                                   ("ablation_balance.json", balance)):
             with open(os.path.join(workdir, file_name), "w") as handle:
                 json.dump(content, handle, indent=1)
 
@@ -207,15 +243,16 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
     # a row share them); the pretrainings come first.
     starts = {seed: pretrain_seed(config, seed) for seed in seeds}
     for start_seed in dict.fromkeys(starts.values()):
-        record(START, start_seed, _train_and_evaluate(
-            pretrain_config(config, start_seed), _pretrain_dir(workdir, start_seed), programs,
-            START))
+        start_dir = _pretrain_dir(workdir, start_seed)
+        record(START, start_seed, start_dir, _train_and_evaluate(
+            pretrain_config(config, start_seed), start_dir, programs, START))
     programs.release(START)
     for row in rows:
         for seed in seeds:
-            record(row.name, seed, _train_and_evaluate(
+            run_dir = os.path.join(workdir, row.name, f"seed_{seed}")
+            record(row.name, seed, run_dir, _train_and_evaluate(
                 finetune_config(config, row, seed, _pretrain_dir(workdir, starts[seed])),
-                os.path.join(workdir, row.name, f"seed_{seed}"), programs, row.name))
+                run_dir, programs, row.name))
         programs.release(row.name)
     return runs
 
@@ -310,7 +347,8 @@ def verdict(summary: dict, row: str = "mal", model: str = "multi_frame",
 
 def export(workdir: str, runs: dict, summary: dict, results_dir: str,
            example_rows: tuple[str, ...] = (BASELINE, "mal"), num_examples: int = 3) -> None:
-    """Small files for the repository: the per-run metrics and timings, the summary, the tables,
+    """Small files for the repository: the per-run metrics, timings and balance weights, the
+    summary, the tables,
     and the first seed's example PNGs (input frame, disparity, AbsRel error) of ``example_rows``."""
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "ablation_runs.json"), "w") as handle:
@@ -319,7 +357,8 @@ def export(workdir: str, runs: dict, summary: dict, results_dir: str,
         json.dump(summary, handle, indent=1)
     with open(os.path.join(results_dir, "ablation.md"), "w") as handle:
         handle.write(report(summary))
-    shutil.copy(os.path.join(workdir, "ablation_timing.json"), results_dir)
+    for file_name in ("ablation_timing.json", "ablation_balance.json"):
+        shutil.copy(os.path.join(workdir, file_name), results_dir)
     examples = os.path.join(results_dir, "examples")
     os.makedirs(examples, exist_ok=True)
     for row in example_rows:

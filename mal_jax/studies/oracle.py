@@ -30,15 +30,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax.core import geometry, losses
+from mal_jax.core import losses
+from mal_jax.core.frames import FRAME_IDS, SOURCE_FRAMES, frame, warp_sources
+from mal_jax.core.network_losses import reprojection_candidates
 from mal_jax.data import synthetic
-from mal_jax.mal.instance_matching import FrameInstances, instance_masks, match_instances
+from mal_jax.mal.instance_matching import frame_instances, match_instances, warp_instances
 from mal_jax.mal.temporal_hints import TemporalHintConfig, temporal_hint_candidates
 from mal_jax.studies import oracle_shifts
 
-# Frame order of the triplets rendered here.
-OFFSETS = (-1, 0, 1)
-PREV, CURRENT, NEXT = 0, 1, 2
+# Frame order of the triplets rendered here: the training batch's layout.
+OFFSETS = FRAME_IDS
 # Depth given to sky pixels (depth_gt == 0) so they warp by the camera rotation only.
 SKY_DEPTH = 1.0e4
 # MAL's defaults, as the training loss uses them.
@@ -113,21 +114,6 @@ def load_triplets(
     return batch
 
 
-def _frame_instances(batch: dict, frame: int, num_slots: int) -> FrameInstances:
-    return FrameInstances(
-        instance_masks(batch["instance_ids"][:, frame], num_slots),
-        batch["instance_class"][:, frame],
-        batch["instance_score"][:, frame],
-    )
-
-
-def _warp_masks(instances: FrameInstances, pix_coords: jax.Array) -> FrameInstances:
-    """Masks (B, K, H, W) resampled with an image's grid (bilinear, border: soft values)."""
-    masks = jnp.moveaxis(instances.masks, 1, -1)
-    warped = geometry.grid_sample(masks, pix_coords, "border")
-    return instances._replace(masks=jnp.moveaxis(warped, -1, 1))
-
-
 def oracle_maps(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS,
                 frame_t_shifts: bool = False) -> dict:
     """Per-pixel errors and matches of one batch from :func:`load_triplets` (jit, config static).
@@ -142,31 +128,20 @@ def oracle_maps(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS,
     of those slots.
     """
     frames = batch["frames"]
-    target = frames[:, CURRENT]
+    target = frame(frames, 0)
     depth = jnp.where(batch["depth_gt"] > 0, batch["depth_gt"], SKY_DEPTH)
-    num_slots = batch["instance_class"].shape[-1]
-
-    warped, grids = {}, {}
-    for frame in (PREV, NEXT):
-        warped[frame], grids[frame] = geometry.warp_frame(
-            frames[:, frame],
-            depth,
-            batch["cam_T_cam"][:, frame],
-            batch["K"],
-            batch["inv_K"],
-            padding="border",
-        )
-    current = _frame_instances(batch, CURRENT, num_slots)
-    prev = _warp_masks(_frame_instances(batch, PREV, num_slots), grids[PREV])
-    next_ = _warp_masks(_frame_instances(batch, NEXT, num_slots), grids[NEXT])
+    cam_T_cam = {f: frame(batch["cam_T_cam"], f) for f in SOURCE_FRAMES}
+    warped, grids = warp_sources(frames, depth, cam_T_cam, batch["K"], batch["inv_K"])
+    current = frame_instances(batch, 0)
+    prev = warp_instances(frame_instances(batch, -1), grids[-1])
+    next_ = warp_instances(frame_instances(batch, 1), grids[1])
     hint_candidates = (oracle_shifts.frame_t_hint_candidates if frame_t_shifts
                        else temporal_hint_candidates)
     syn_prev, syn_next = hint_candidates(
-        warped[PREV], warped[NEXT], current, prev, next_, config
+        warped[-1], warped[1], current, prev, next_, config
     )[:2]
 
-    candidates = [warped[PREV], warped[NEXT], syn_prev, syn_next]
-    errors = jnp.concatenate([losses.reprojection_error(c, target) for c in candidates], -1)
+    errors = reprojection_candidates(warped, target, (syn_prev, syn_next))
     baseline = losses.per_pixel_minimum(errors[..., :2])[..., 0]
     mal = losses.per_pixel_minimum(errors)[..., 0]
 
@@ -202,7 +177,7 @@ def cut_by_border(instance_ids: jax.Array, num_slots: int) -> jax.Array:
     ).reshape(ids.shape[0], -1)  # (B, F * (2W + 2H))
     slot_at_edge = jax.vmap(
         lambda edges: jnp.zeros(num_slots + 1, bool).at[edges].set(True))(edge_ids)
-    current = ids[:, CURRENT]
+    current = frame(ids, 0)
     flat = current.reshape(current.shape[0], -1)
     touched = jnp.take_along_axis(slot_at_edge, flat, axis=1).reshape(current.shape)
     return touched & (current > 0)
@@ -223,7 +198,7 @@ def oracle_sums(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS,
     def total(values, where):
         return jnp.sum(jnp.where(where, values, 0), axis=(1, 2)).astype(jnp.float32)
 
-    visible = batch["instance_score"][:, CURRENT] > 0
+    visible = frame(batch["instance_score"], 0) > 0
     moving_slots = batch["instance_moving"] & visible
     return {
         "moving_pixels": total(1, moving),

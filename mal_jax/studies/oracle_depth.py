@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mal_jax.core.frames import frame
 from mal_jax.data import synthetic
 from mal_jax.studies import oracle
 
@@ -39,7 +40,7 @@ def region_mask(batch: dict, region: str) -> np.ndarray:
     if region == "moving_objects":
         return valid & batch["moving_mask"]
     if region == "static_objects":
-        return valid & ~batch["moving_mask"] & (batch["instance_ids"][:, oracle.CURRENT] > 0)
+        return valid & ~batch["moving_mask"] & (frame(batch["instance_ids"], 0) > 0)
     raise ValueError(f"oracle_depth: unknown region {region!r}, expected one of {REGIONS}")
 
 

@@ -1,9 +1,10 @@
 """One training step, ``train_step(state, batch, rng) -> (state, metrics)``, pure and jitted.
 
-The step runs the networks (teacher, pose, multi-frame), the ManyDepth or MAL loss, Adam, the
-adaptive depth-bin update and MAL's loss balancing. Freezing the teacher and pose changes the
-computation (their BatchNorm switches to running averages), so the trainer builds one step for
-each phase; each is compiled once.
+The step runs the networks (:mod:`mal_jax.train.forward`), the objective
+(:mod:`mal_jax.mal.objective`: ManyDepth's losses with whichever MAL parts the config turns
+on), Adam, the adaptive depth-bin update and the loss-balance update. Freezing the teacher and
+pose changes the computation (their BatchNorm switches to running averages), so the trainer
+builds one step for each phase; each is compiled once.
 
 A step whose loss or gradients are not finite leaves the state untouched and reports
 ``finite = 0``; the trainer stops on it (the last good checkpoint stays the latest).
@@ -18,11 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mal_jax.core import geometry, objective
+from mal_jax.core.frames import FRAME_INDEX, frame, warp_sources
+from mal_jax.core.network_losses import LossSettings
 from mal_jax.mal import loss_balance
-from mal_jax.mal import objective as mal_objective
-from mal_jax.mal.temporal_hints import TemporalHintConfig
+from mal_jax.mal.objective import MalSettings, objective
+from mal_jax.mal.temporal_hints import TemporalHintConfig, instance_hints
 from mal_jax.models.manydepth import ManyDepth
+from mal_jax.train.forward import train_forward
 from mal_jax.train.state import TEACHER_AND_POSE, TrainState, freeze
 
 
@@ -30,19 +33,28 @@ from mal_jax.train.state import TEACHER_AND_POSE, TrainState, freeze
 class StepSettings:
     """Static (hashable) description of the step, derived from the config."""
 
-    loss: objective.LossSettings
-    mal: mal_objective.MalSettings | None  # None: plain ManyDepth
+    loss: LossSettings  # scales already resolved by ``mal.loss_scales``
+    mal: MalSettings  # every part off: plain ManyDepth
     matching_augmentation: bool
-    steps_per_epoch: int
-    lambda_schedule: loss_balance.LambdaSchedule
+
+
+def mal_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> MalSettings:
+    """The config's ``mal`` section as :class:`MalSettings` (balancing needs distillation, so
+    ``loss_balance`` without ``distil`` is off)."""
+    mal = config.mal
+    balance = loss_balance.BalanceSettings(
+        enabled=mal.loss_balance and mal.distil, batch_factor=mal.batch_size_factor,
+        schedule=loss_balance.LambdaSchedule(mal.balance_lambda_start, mal.balance_lambda_step,
+                                             mal.balance_lambda_min),
+        steps_per_epoch=steps_per_epoch)
+    return MalSettings(
+        temporal=mal.temporal, main_temporal=mal.main_temporal, distil=mal.distil,
+        ensemble=mal.ensemble, multi_scale=mal.multi_scale,
+        hints=TemporalHintConfig(score_threshold=mal.score_threshold, replace=mal.replace),
+        balance=balance)
 
 
 def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> StepSettings:
-    loss = objective.LossSettings(
-        min_depth=config.model.min_depth, max_depth=config.model.max_depth,
-        scales=tuple(config.loss.scales), disparity_smoothness=config.loss.disparity_smoothness,
-        automasking=config.loss.automasking, motion_masking=config.loss.motion_masking,
-        velocity_weight=config.loss.velocity_weight)
     if not config.loss.scales or not set(config.loss.scales) <= set(config.model.scales):
         raise ValueError(f"config.loss.scales={tuple(config.loss.scales)} must be a non-empty "
                          f"subset of config.model.scales={tuple(config.model.scales)}")
@@ -50,28 +62,33 @@ def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> St
         raise ValueError(f"config.loss.velocity_weight={config.loss.velocity_weight} needs the "
                          f"true camera poses, which only the synthetic dataset provides "
                          f"(config.data.dataset={config.data.dataset!r})")
-    mal_cfg = config.mal
-    uses_mal = mal_cfg.temporal or mal_cfg.main_temporal or mal_cfg.distil
-    mal = None
-    if uses_mal:
-        mal = mal_objective.MalSettings(
-            temporal=mal_cfg.temporal, main_temporal=mal_cfg.main_temporal,
-            distil=mal_cfg.distil, ensemble=mal_cfg.ensemble,
-            loss_balance=mal_cfg.loss_balance and mal_cfg.distil,
-            multi_scale=mal_cfg.multi_scale, balance_batch_factor=mal_cfg.batch_size_factor,
-            hints=TemporalHintConfig(score_threshold=mal_cfg.score_threshold,
-                                     replace=mal_cfg.replace))
-    schedule = loss_balance.LambdaSchedule(mal_cfg.balance_lambda_start,
-                                           mal_cfg.balance_lambda_step,
-                                           mal_cfg.balance_lambda_min)
-    return StepSettings(loss, mal, config.loss.matching_augmentation, steps_per_epoch, schedule)
+    mal = mal_settings(config, steps_per_epoch)
+    loss = LossSettings(
+        min_depth=config.model.min_depth, max_depth=config.model.max_depth,
+        scales=mal.loss_scales(tuple(config.loss.scales)),
+        disparity_smoothness=config.loss.disparity_smoothness,
+        automasking=config.loss.automasking, motion_masking=config.loss.motion_masking,
+        velocity_weight=config.loss.velocity_weight)
+    return StepSettings(loss, mal, config.loss.matching_augmentation)
 
 
 def initial_balance(settings: StepSettings):
     """The loss-balancing state a fresh run starts with ({} when balancing is off)."""
-    if settings.mal is not None and settings.mal.loss_balance:
-        return loss_balance.init_balance(2)
-    return {}
+    return loss_balance.initial_state(settings.mal.balance)
+
+
+def adaptive_bins_update(mono_depth0: jnp.ndarray, min_bin, max_bin, min_depth: float):
+    """The reference's exponential average of the teacher's depth range (momentum 0.99).
+
+    Takes the batch mean of per-image min and max depth, widens them by 10% and averages.
+    Under a data-parallel mesh the means are over the global batch.
+    """
+    depth = jax.lax.stop_gradient(mono_depth0)
+    batch_min = jnp.mean(jnp.min(depth, axis=(1, 2, 3)))
+    batch_max = jnp.mean(jnp.max(depth, axis=(1, 2, 3)))
+    batch_min = jnp.maximum(min_depth, batch_min * 0.9)
+    batch_max = batch_max * 1.1
+    return min_bin * 0.99 + batch_min * 0.01, max_bin * 0.99 + batch_max * 0.01
 
 
 def _all_finite(tree) -> jax.Array:
@@ -86,27 +103,13 @@ def make_train_step(model: ManyDepth, optimizer: optax.GradientTransformation,
     def loss_fn(params, state: TrainState, batch: dict, rng: jax.Array):
         augmentation_rng, noise_rng = jax.random.split(rng)
         variables = {"params": params, "batch_stats": state.batch_stats}
-        outputs, variables = objective.train_forward(
+        outputs, variables = train_forward(
             model, variables, batch, state.depth_bins[0], state.depth_bins[1],
             settings=settings.loss, train_teacher_and_pose=not frozen,
             augmentation_rng=augmentation_rng if settings.matching_augmentation else None)
-        if settings.mal is None:
-            _, multi = objective.multi_frame_loss(outputs, batch, settings.loss)
-            teacher = None
-            if not frozen:
-                _, teacher = objective.single_frame_loss(outputs, batch, settings.loss,
-                                                         noise_rng)
-            parts = objective.combine_losses(multi, teacher)
-        else:
-            balance = state.balance if settings.mal.loss_balance else None
-            _, parts = mal_objective.mal_loss(outputs, batch, settings.mal, settings.loss,
-                                              balance, train_teacher=not frozen,
-                                              noise_rng=noise_rng)
-        if settings.loss.velocity_weight and not frozen:
-            parts = dict(parts, velocity_loss=objective.velocity_loss(outputs["cam_T_cam"],
-                                                                      batch["cam_T_cam"]))
-            parts["loss"] = parts["loss"] + settings.loss.velocity_weight * parts["velocity_loss"]
-        return parts["loss"], (parts, outputs, variables["batch_stats"])
+        loss, parts = objective(outputs, batch, settings.mal, settings.loss, state.balance,
+                                train_teacher=not frozen, noise_rng=noise_rng)
+        return loss, (parts, outputs, variables["batch_stats"])
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -120,15 +123,10 @@ def make_train_step(model: ManyDepth, optimizer: optax.GradientTransformation,
 
         depth_bins = state.depth_bins
         if not frozen:  # the reference stops adapting the bins with the teacher
-            depth_bins = jnp.stack(objective.adaptive_bins_update(
+            depth_bins = jnp.stack(adaptive_bins_update(
                 outputs["mono_depth"][0], depth_bins[0], depth_bins[1],
                 settings.loss.min_depth))
-        balance = state.balance
-        if settings.mal is not None and settings.mal.loss_balance:
-            epoch, step_in_epoch = jnp.divmod(state.step, settings.steps_per_epoch)
-            balance = loss_balance.update_balance(
-                balance, mal_objective.balance_observation(parts), step_in_epoch,
-                settings.lambda_schedule.at(epoch))
+        balance = loss_balance.update(settings.mal.balance, state.balance, parts, state.step)
 
         finite = jnp.isfinite(loss) & _all_finite(grads)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -143,6 +141,8 @@ def make_train_step(model: ManyDepth, optimizer: optax.GradientTransformation,
             min_depth_bin=depth_bins[0], max_depth_bin=depth_bins[1],
             finite=finite.astype(jnp.float32),
             augmented_fraction=jnp.mean(outputs["augmentation_mask"]))
+        # The weights after this step's update, as the reference logs them.
+        metrics.update(loss_balance.weight_metrics(settings.mal.balance, balance))
         return new_state, metrics
 
     return train_step
@@ -154,29 +154,25 @@ def summary_images(model: ManyDepth, settings: StepSettings):
     synthesized frames and frame 0's instance masks."""
 
     def images(state: TrainState, batch: dict):
-        outputs, _ = objective.train_forward(
+        outputs, _ = train_forward(
             model, state.variables, batch, state.depth_bins[0], state.depth_bins[1],
             settings=settings.loss, train_teacher_and_pose=False)
         frames = batch["frames"]
-        K0, inv_K0 = batch["K"][:, 0], batch["inv_K"][:, 0]
-        warped, coords = {}, {}
-        for f in objective.SOURCE_FRAMES:
-            warped[f], coords[f] = geometry.warp_frame(
-                objective.frame(frames, f), outputs["mono_depth"][0], outputs["cam_T_cam"][f],
-                K0, inv_K0)
+        warped, grids = warp_sources(frames, outputs["mono_depth"][0], outputs["cam_T_cam"],
+                                     batch["K"][:, 0], batch["inv_K"][:, 0])
         normalise = lambda d: d / jnp.max(d, axis=(1, 2, 3), keepdims=True)  # noqa: E731
         out = {
-            "frame_0": objective.frame(frames, 0),
+            "frame_0": frame(frames, 0),
             "disp_multi": normalise(outputs["disp"][0]),
             "disp_teacher": normalise(outputs["mono_disp"][0]),
             "warped_-1": warped[-1],
             "warped_1": warped[1],
             "consistency_mask": outputs["consistency_mask"],
         }
-        if settings.mal is not None and (settings.mal.temporal or settings.mal.main_temporal):
-            hints = mal_objective.instance_hints(batch, settings.mal.hints)
-            out["synthesized_-1"], out["synthesized_1"] = hints(warped, coords)
-            ids = batch["instance_ids"][:, objective.FRAME_INDEX[0]]
+        if settings.mal.uses_hints:
+            hints = instance_hints(batch, settings.mal.hints)
+            out["synthesized_-1"], out["synthesized_1"] = hints(warped, grids)
+            ids = batch["instance_ids"][:, FRAME_INDEX[0]]
             num_slots = batch["instance_class"].shape[-1]
             out["instances_0"] = (ids.astype(jnp.float32) / num_slots)[..., None]
         return out

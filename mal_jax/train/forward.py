@@ -1,0 +1,117 @@
+"""ManyDepth's training forward pass: poses, matching augmentation and the network passes.
+
+``train_forward`` runs the networks in the reference's order (pose pairs, lookup pose, teacher,
+matching encoder) so BatchNorm statistics advance exactly as in the reference step, and returns
+every output the losses (:mod:`mal_jax.core.network_losses`) and MAL's parts need.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mal_jax.core import geometry, losses
+from mal_jax.core.frames import SOURCE_FRAMES, frame
+from mal_jax.core.network_losses import LossSettings
+from mal_jax.core.resize import upsample_bilinear, upsample_nearest_to
+from mal_jax.models.manydepth import ManyDepth, with_batch_stats
+
+# The matching (lookup) frames ManyDepth uses by default: the previous frame only.
+LOOKUP_FRAMES = (-1,)
+# Matching augmentation probabilities (reference: 25% static camera, 25% zero pose).
+STATIC_CAMERA_PROB = 0.25
+ZERO_POSE_PROB = 0.25
+
+
+def predict_poses(model: ManyDepth, variables: dict, frames_aug: jnp.ndarray, train: bool):
+    """Poses for the loss and the lookup pose for matching, with BatchNorm updated as the
+    reference does: pose encoder on (-1, 0), (0, 1), then (-1, 0) again without gradient.
+
+    Returns ``(cam_T_cam {f: (B,4,4)}, pose params {f: (axisangle, translation)},
+    lookup_poses (B, N, 4, 4), variables)``.
+    """
+    cam_T_cam, raw = {}, {}
+    for frame_id in SOURCE_FRAMES:
+        pair = ((frame(frames_aug, frame_id), frame(frames_aug, 0)) if frame_id < 0
+                else (frame(frames_aug, 0), frame(frames_aug, frame_id)))
+        (axisangle, translation), stats = model.pose(variables, *pair, train=train)
+        variables = with_batch_stats(variables, "pose_encoder", stats)
+        raw[frame_id] = (axisangle, translation)
+        cam_T_cam[frame_id] = geometry.transformation_from_parameters(
+            axisangle[:, 0, 0], translation[:, 0, 0], invert=frame_id < 0)
+    lookup = []
+    for frame_id in LOOKUP_FRAMES:
+        (axisangle, translation), stats = model.pose(
+            variables, frame(frames_aug, frame_id), frame(frames_aug, frame_id + 1), train=train)
+        variables = with_batch_stats(variables, "pose_encoder", stats)
+        pose = jax.lax.stop_gradient(geometry.transformation_from_parameters(
+            axisangle[:, 0, 0], translation[:, 0, 0], invert=True))
+        # A missing (all-black) lookup frame gets the zero pose, which the cost volume skips.
+        present = jnp.sum(frame(frames_aug, frame_id), axis=(1, 2, 3)) != 0
+        lookup.append(pose * present[:, None, None])
+    return cam_T_cam, raw, jnp.stack(lookup, axis=1), variables
+
+
+def matching_augmentation(rng: jax.Array, batch_size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-sample draws of the reference's matching augmentation: (static_camera, zero_pose)."""
+    draw = jax.random.uniform(rng, (batch_size,))
+    static = draw < STATIC_CAMERA_PROB
+    zero_pose = (draw >= STATIC_CAMERA_PROB) & (draw < STATIC_CAMERA_PROB + ZERO_POSE_PROB)
+    return static, zero_pose
+
+
+def train_forward(model: ManyDepth, variables: dict, batch: dict, min_depth_bin, max_depth_bin,
+                  *, settings: LossSettings, train_teacher_and_pose: bool = True,
+                  augmentation_rng: jax.Array | None = None) -> tuple[dict, dict]:
+    """All network outputs of one training step; returns ``(outputs, variables)`` with the
+    BatchNorm statistics advanced. ``augmentation_rng=None`` turns matching augmentation off.
+
+    Depths are produced at ``settings.scales`` (full resolution each). With the teacher and
+    pose frozen, their outputs carry no gradient and their BatchNorm runs on running averages.
+    """
+    frames, frames_aug = batch["frames"], batch["frames_aug"]
+    batch_size, _, height, width, _ = frames.shape
+    teacher_train = train_teacher_and_pose
+
+    cam_T_cam, raw_poses, lookup_poses, variables = predict_poses(
+        model, variables, frames_aug, train=teacher_train)
+    lookup_images = jnp.stack([frame(frames_aug, f) for f in LOOKUP_FRAMES], axis=1)
+    augmentation_mask = jnp.zeros((batch_size,), jnp.float32)
+    if augmentation_rng is not None:
+        static, zero_pose = matching_augmentation(augmentation_rng, batch_size)
+        current = jnp.broadcast_to(frame(frames, 0)[:, None], lookup_images.shape)
+        lookup_images = jnp.where(static[:, None, None, None, None], current, lookup_images)
+        lookup_poses = jnp.where(zero_pose[:, None, None, None], 0.0, lookup_poses)
+        augmentation_mask = (static | zero_pose).astype(jnp.float32)
+
+    (mono_disps, _), stats = model.teacher(variables, frame(frames_aug, 0), train=teacher_train)
+    variables = with_batch_stats(variables, "mono_encoder", stats)
+    if not train_teacher_and_pose:
+        mono_disps = jax.lax.stop_gradient(mono_disps)
+        cam_T_cam = jax.lax.stop_gradient(cam_T_cam)
+
+    K2, inv_K2 = batch["K"][:, 2], batch["inv_K"][:, 2]
+    (disps, _, lowest_cost, confidence), stats = model.multi_frame(
+        variables, frame(frames_aug, 0), lookup_images, lookup_poses, K2, inv_K2,
+        min_depth_bin, max_depth_bin, train=True)
+    variables = with_batch_stats(variables, "encoder", stats)
+
+    to_depth = lambda d: geometry.disp_to_depth(  # noqa: E731
+        upsample_bilinear(d, height, width), settings.min_depth, settings.max_depth)[1]
+    # Scale 0 always: the depth-bin update and MAL's parts read it whatever the loss scales.
+    depth_scales = sorted({0, *settings.scales})
+    mono_depths = {s: to_depth(mono_disps[s]) for s in depth_scales}
+    depths = {s: to_depth(disps[s]) for s in depth_scales}
+    lowest_cost = upsample_nearest_to(lowest_cost, height, width)[..., None]
+    consistency_mask = upsample_nearest_to(confidence, height, width)[..., None]
+    if settings.motion_masking:
+        consistency_mask = consistency_mask * losses.compute_matching_mask(
+            mono_depths[0], lowest_cost)
+    outputs = {
+        "cam_T_cam": cam_T_cam, "pose_params": raw_poses, "lookup_poses": lookup_poses,
+        "mono_disp": mono_disps, "mono_depth": mono_depths, "disp": disps, "depth": depths,
+        "lowest_cost": lowest_cost, "confidence": confidence,
+        "consistency_mask": jax.lax.stop_gradient(consistency_mask),
+        "augmentation_mask": augmentation_mask,
+    }
+    return outputs, variables
