@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
+from mal_jax.studies import run_scalars
 from mal_jax.train import trainer as trainer_lib
 
 # What a row reports: every metric of the evaluation, for both networks and both regions.
@@ -65,14 +66,12 @@ ROWS = (
     # be read against a baseline that differs from them in MAL's parts alone.
     Row("baseline_scale0", "ManyDepth, full-resolution loss only", temporal=False,
         distil=False, loss_balance=False, loss_scales=(0,)),
-    # The MAL parts added one at a time up to the published recipe (MAL's README commands:
-    # --temporal --distil --loss_blc, ensemble on, hints for the teacher only).
-    Row("temporal", "+ temporal hints (teacher)", temporal=True, distil=False,
-        loss_balance=False),
+    # MAL's parts added one by one up to its published recipe (teacher hints only).
+    Row("temporal", "+ temporal hints (teacher)", temporal=True, distil=False, loss_balance=False),
     Row("distil", "+ distillation hints", temporal=True, distil=True, loss_balance=False),
     Row("mal", "+ loss balancing (MAL's published recipe)", temporal=True, distil=True,
         loss_balance=True),
-    # An option the published recipe leaves off (--main_temporal): hints for the student too.
+    # Hints for the student too (--main_temporal, not in the published recipe).
     Row("mal_student_hints", "MAL + student hints", temporal=True, distil=True,
         loss_balance=True, student_hints=True),
 )
@@ -97,24 +96,11 @@ def with_mal_parts(config: ml_collections.ConfigDict, row: Row) -> ml_collection
 
 
 def balance_trajectory(workdir: str) -> dict:
-    """The balance weights a run logged, per logged step, read back from its TensorBoard
-    events: ``{"step": [...], "w_original": [...], "w_distil": [...]}`` (empty lists for a run
-    without balancing). A resumed run's later events replace earlier ones of the same step."""
-    import tensorflow as tf  # only here: reading events needs TF's record reader
-
-    by_step: dict = {}
-    for path in sorted(tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag in BALANCE_TAGS:
-                    scalar = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") \
-                        else float(value.simple_value)
-                    by_step.setdefault(int(event.step), {})[value.tag] = scalar
+    """A run's logged balance weights: ``{"step", "w_original", "w_distil"}`` lists."""
+    by_step = run_scalars.logged_scalars(workdir, BALANCE_TAGS)
     steps = sorted(step for step, tags in by_step.items() if len(tags) == len(BALANCE_TAGS))
-    trajectory = {"step": steps}
-    for tag in BALANCE_TAGS:
-        trajectory[tag.split("/")[1]] = [by_step[step][tag] for step in steps]
-    return trajectory
+    return {"step": steps, **{tag.split("/")[1]: [by_step[step][tag] for step in steps]
+                              for tag in BALANCE_TAGS}}
 
 
 def pretrain_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
