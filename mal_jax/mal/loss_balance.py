@@ -68,7 +68,7 @@ class BalanceSettings:
 
     enabled: balance original vs distillation (MAL: on, ``--loss_blc``); needs distillation.
     batch_factor: multiply the balanced loss by the batch size, as the reference's sum over
-      batch elements does (see configs/default.py for why it is off by default).
+      batch elements does (MAL: on, implicitly; off by default, configs/default.py says why).
     schedule: lambda per epoch (MAL: 3, -1.5, -3).
     steps_per_epoch: training steps per epoch; the means restart and lambda moves per epoch.
     """
