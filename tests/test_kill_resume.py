@@ -3,32 +3,18 @@ checkpoints, then resume: the final weights equal those of an uninterrupted run 
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 
 import jax
 import numpy as np
+import training_scripts
 
 from mal_jax.train import checkpointing
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# configs/test.py, one step program (no teacher freeze), a checkpoint after every step.
-# ``kill``: ("save", s) = SIGKILL inside orbax's commit of checkpoint s (its files written to
-# the temp folder, not yet renamed); ("step", s) = SIGKILL right after step s's update, once
-# the previous checkpoint is complete; None = run to the end.
-RUN = textwrap.dedent("""
-    import os, signal, sys
-    sys.path.insert(0, {repo!r})
-    import jax
-    jax.config.update("jax_compilation_cache_dir", {cache!r})
-    from configs import test as test_config
+# A checkpoint after every step. ``kill``: ("save", s) = SIGKILL inside orbax's commit of
+# checkpoint s (its files written to the temp folder, not yet renamed); ("step", s) = SIGKILL
+# right after step s's update, once the previous checkpoint is complete; None = to the end.
+RUN = """
     from mal_jax.train import trainer
-    config = test_config.get_config()
-    config.training.freeze_teacher_step = -1
-    config.training.image_every_steps = 0
-    config.training.checkpoint_every_steps = 1
     kill = {kill!r}
     if kill and kill[0] == "save":
         from orbax.checkpoint._src.path import atomicity
@@ -50,14 +36,13 @@ RUN = textwrap.dedent("""
         run.steps = {{False: killed_after, True: killed_after}}
     run.run()
     print("RUN_DONE", flush=True)
-""")
+"""
 
 
-def _train(workdir, kill=None) -> subprocess.CompletedProcess:
-    script = RUN.format(repo=REPO, cache=jax.config.jax_compilation_cache_dir, kill=kill,
-                        workdir=str(workdir))
-    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=900, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+def _train(workdir, kill=None) -> tuple[int, str, str]:
+    source = training_scripts.script(RUN, image_every_steps=0, checkpoint_every_steps=1,
+                                     kill=kill, workdir=str(workdir))
+    return training_scripts.finish(training_scripts.start(source), timeout=900)
 
 
 def _checkpoints(workdir) -> list[str]:
@@ -66,23 +51,23 @@ def _checkpoints(workdir) -> list[str]:
 
 def test_kill_during_checkpoint_write_and_training_then_resume(tmp_path):
     killed = tmp_path / "killed"
-    first = _train(killed, kill=("save", 2))
-    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    code, _, err = _train(killed, kill=("save", 2))
+    assert code == -signal.SIGKILL, err[-3000:]
     listing = _checkpoints(killed)
     assert listing[0] == "1" and listing[1].startswith("2.orbax-checkpoint-tmp"), listing
 
-    second = _train(killed, kill=("step", 3))
-    assert second.returncode == -signal.SIGKILL, second.stderr[-3000:]
-    assert "the temp folder of an interrupted checkpoint save" in second.stderr
+    code, _, err = _train(killed, kill=("step", 3))
+    assert code == -signal.SIGKILL, err[-3000:]
+    assert "the temp folder of an interrupted checkpoint save" in err
     assert _checkpoints(killed) == ["1", "2"]
 
-    last = _train(killed)
-    assert "RUN_DONE" in last.stdout, last.stderr[-3000:]
+    code, out, err = _train(killed)
+    assert "RUN_DONE" in out, err[-3000:]
     assert _checkpoints(killed) == ["3", "4"]  # keep_checkpoints=2
 
     uninterrupted = tmp_path / "uninterrupted"
-    reference = _train(uninterrupted)
-    assert "RUN_DONE" in reference.stdout, reference.stderr[-3000:]
+    code, out, err = _train(uninterrupted)
+    assert "RUN_DONE" in out, err[-3000:]
     ours, theirs = (checkpointing.load_inference(str(path)) for path in (killed, uninterrupted))
     for a, b in zip(jax.tree.leaves(ours.variables), jax.tree.leaves(theirs.variables),
                     strict=True):
