@@ -193,7 +193,9 @@ class Trainer:
         tic = time.perf_counter()
         for batch in batches:
             batch = distributed.shard_batch(batch, self.data_sharding)
-            state, metrics = self.step_fn(step)(state, batch, jax.random.fold_in(base_rng, step))
+            # A global (replicated) key: multi-process jit takes global arrays only.
+            rng = distributed.replicate(jax.random.fold_in(base_rng, step), self.replicated)
+            state, metrics = self.step_fn(step)(state, batch, rng)
             step += 1
             self._check_finite(step, metrics)
             progress(step)
