@@ -132,7 +132,8 @@ class Trainer:
         """Every check of the config that can fail, before anything is trained or written.
 
         The checkpoint (model and image size vs the config) is checked by ``initial_state``,
-        which runs right after this and also before the first step.
+        which runs right after this and also before the first step. The data and evaluation
+        path checks of ``mal_jax.data`` belong here too, beside these.
         """
         from mal_jax.eval import evaluate
 
