@@ -3,9 +3,11 @@
 Loads the latest checkpoint of a training ``--workdir``, or a converted ManyDepth .pth folder
 given as ``--weights_folder``, evaluates the multi-frame model and the teacher under
 ``config.evaluation.protocol`` and writes ``eval_results.json`` / ``eval_results.md`` (plus
-``eval_images/`` PNGs) into ``--out`` (default: the workdir). The image size is the
+``eval_images/`` PNGs) into ``--out``; by default ``eval_<protocol>/`` inside the evaluated
+folder, so the training run's own final results are never overwritten. The image size is the
 checkpoint's training size; any config field can be overridden, e.g.
-``--config.evaluation.protocol=kitti_eigen --config.data.dataset=kitti``.
+``--config.evaluation.protocol=kitti_eigen --config.data.dataset=kitti``. Runs from any
+folder (``--config`` is also looked up relative to the repository).
 """
 
 import os
@@ -16,13 +18,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+import configs  # noqa: E402
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Configuration (data and evaluation).", lock_config=True
+    "config", configs.DEFAULT, "Configuration (data and evaluation).", lock_config=True
 )
 flags.DEFINE_string("workdir", "", "Training workdir: its latest checkpoint is evaluated.")
 flags.DEFINE_string("weights_folder", "", "ManyDepth .pth folder to evaluate instead.")
-flags.DEFINE_string("out", "", "Where results go (default: --workdir, else --weights_folder).")
+flags.DEFINE_string("out", "", "Where results go (default: eval_<protocol>/ inside the "
+                    "--workdir or --weights_folder).")
+
+
+def output_folder(checkpoint: str, out: str, protocol: str) -> str:
+    """``out`` if given, else ``<checkpoint>/eval_<protocol>``."""
+    return out or os.path.join(checkpoint, f"eval_{protocol}")
 
 
 def main(argv):
@@ -31,7 +41,6 @@ def main(argv):
     checkpoint = FLAGS.weights_folder or FLAGS.workdir
     if not checkpoint:
         raise app.UsageError("give --workdir (training run) or --weights_folder (ManyDepth .pth)")
-    out_dir = FLAGS.out or FLAGS.workdir or FLAGS.weights_folder
     from mal_jax.data.pipeline import hide_gpus_from_tf
 
     hide_gpus_from_tf()
@@ -39,11 +48,13 @@ def main(argv):
     from mal_jax.eval import inference as depth_inference
 
     try:
+        evaluate.get_preset(FLAGS.config.evaluation.protocol)
         inference = depth_inference.load_inference(checkpoint)
+        out_dir = output_folder(checkpoint, FLAGS.out, FLAGS.config.evaluation.protocol)
         evaluate.evaluate(inference, FLAGS.config, out_dir, checkpoint=checkpoint)
     except (FileNotFoundError, ValueError, KeyError) as error:
         sys.exit(f"eval.py: {error}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=configs.resolve_config_argv(sys.argv))

@@ -14,5 +14,8 @@ def get_config():
     config.data.height = 192  # pixels (paper: 192)
     config.data.width = 512  # pixels (paper: 512)
     config.training.freeze_teacher_epoch = 5  # (paper, Cityscapes: 5)
+    # MAL's Cityscapes command has no --step_lr, so its WarmupStepLRScheduler runs: linear
+    # warmup from 1e-10 over 500 steps to 1e-4 (MAL, Cityscapes: 500 steps).
+    config.training.warmup_steps = 500
     config.evaluation.protocol = "cityscapes_mal"  # ManyDepth's crop, MAL's depth range
     return config

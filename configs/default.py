@@ -95,6 +95,18 @@ def get_config() -> ml_collections.ConfigDict:
     training.checkpoint_every_steps = 100  # orbax checkpoint interval
     training.keep_checkpoints = 3  # checkpoints kept
     training.eval_every_steps = 0  # evaluation during training (0 = only at the end)
+    # Linear warmup of the learning rate over the first steps, from rate/warmup_steps to the
+    # full rate (state.learning_rate_schedule). 0 = none, as MAL's KITTI recipe (--step_lr:
+    # torch StepLR, no warmup), which this synthetic default follows; MAL's Cityscapes recipe
+    # warms up over 500 steps (configs/cityscapes.py). (MAL, KITTI: 0)
+    training.warmup_steps = 0
+    # Fine-tuning from a training workdir (model.weights_folder): also restore that run's
+    # Adam moments and count instead of starting a fresh Adam (MAL: off; its --load_pretrained
+    # loads the weights only).
+    training.carry_optimizer_state = False
+    # A step whose loss or gradients are NaN/inf: False = stop (the last checkpoint stays the
+    # latest), True = skip the update, count it (logged) and go on with the next batch.
+    training.skip_nonfinite_steps = False
 
     # ---------------------------------------------------------------- evaluation
     evaluation = config.evaluation = ml_collections.ConfigDict()

@@ -7,7 +7,9 @@ import jax
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-GOLDEN_PATH = REPO.parent / "shared" / "golden" / "manydepth_mal_96x320.npz"
+# MAL_JAX_GOLDEN points elsewhere (the test of this fixture's CI behaviour uses it).
+GOLDEN_PATH = pathlib.Path(os.environ.get(
+    "MAL_JAX_GOLDEN", REPO.parent / "shared" / "golden" / "manydepth_mal_96x320.npz"))
 
 jax.config.update("jax_compilation_cache_dir", os.environ.get(
     "MAL_JAX_CACHE", str(pathlib.Path.home() / ".cache" / "mal_jax_xla")))
@@ -16,9 +18,13 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 @pytest.fixture(scope="session")
 def golden():
-    """The reference's golden file; skipped only where ../shared is absent (CI always has it)."""
+    """The reference's golden file. Where it is absent: a skip locally, a failure under CI
+    (``CI`` set), so CI cannot pass without the parity tests."""
     if not GOLDEN_PATH.exists():
-        pytest.skip(f"golden fixture absent: {GOLDEN_PATH} (../shared not checked out beside repo)")
+        reason = f"golden fixture absent: {GOLDEN_PATH} (../shared not checked out beside repo)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI is set, so the golden tests fail instead of skipping")
+        pytest.skip(reason)
     from mal_jax.port.golden import GoldenFile
 
     return GoldenFile(str(GOLDEN_PATH))

@@ -1,5 +1,6 @@
-"""Training end to end on configs/test.py: checkpoints, summaries, exact resume, NaN stop,
-and data parallelism on two (fake CPU) devices."""
+"""Training end to end on configs/test.py: checkpoints, summaries, exact resume, NaN stop or
+skip, resume refusing another image size, fine-tuning with the optimizer carried over, the
+final evaluation in TensorBoard, and data parallelism on two (fake CPU) devices."""
 
 import glob
 import os
@@ -14,7 +15,7 @@ import pytest
 
 from configs import test as test_config
 from mal_jax.data import pipeline
-from mal_jax.train import checkpointing, trainer
+from mal_jax.train import checkpointing, fine_tune, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,7 +103,7 @@ def test_fine_tuning_starts_from_a_workdirs_latest_checkpoint(trained, tmp_path)
     # Another cost-volume size cannot take those weights: the error names the weight.
     config.model.num_depth_bins = 8
     with pytest.raises(ValueError, match=r"uninterrupted.*: weight params/encoder/.* has shape"):
-        trainer.initial_variables(config, trainer.build_model(config), jax.random.PRNGKey(0))
+        fine_tune.initial_variables(config, trainer.build_model(config), jax.random.PRNGKey(0))
 
 
 def test_programs_are_reused_only_for_the_same_step(trained, tmp_path):
@@ -129,6 +130,72 @@ def test_nan_in_batch_stops_and_keeps_last_good_checkpoint(trained, tmp_path, mo
     inference = checkpointing.load_inference(str(tmp_path))
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(inference.variables))
     assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["2"]
+    # Resumed with skip_nonfinite_steps, the same poisoned batch is skipped, counted, and the
+    # run goes on to the end with finite weights.
+    config.training.skip_nonfinite_steps = True
+    resumed = _sharing_compiled_steps(trained[2], config, str(tmp_path))
+    state = resumed.run()
+    assert int(state.step) == 4 and resumed.skipped_steps == 1
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(
+        jax.device_get(state.params)))
+    assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["2", "4"]
+
+
+def test_resume_refuses_another_image_size_and_keeps_the_run(trained, tmp_path):
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(trained[0], workdir)
+    before = {name: open(os.path.join(workdir, name), "rb").read()
+              for name in ("config.json",)}
+    config = test_config.get_config()
+    config.data.height = 32
+    with pytest.raises(ValueError, match=r"^checkpoint .*/checkpoints/4 was trained with "
+                                         r"data\.height=64, the config has data\.height=32"):
+        trainer.Trainer(config, workdir).run()
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+    assert open(os.path.join(workdir, "config.json"), "rb").read() == before["config.json"]
+
+
+def test_fine_tuning_carries_the_optimizer_state_over(trained, tmp_path):
+    workdir, state, run = trained
+    config = test_config.get_config()
+    config.model.weights_folder = workdir
+    config.training.carry_optimizer_state = True
+    start = _sharing_compiled_steps(run, config, str(tmp_path / "tuned")).initial_state()
+    adam, schedule = jax.device_get(start.opt_state)
+    trained_adam, trained_schedule = jax.device_get(state.opt_state)
+    assert int(adam.count) == int(trained_adam.count) == 4
+    for ours, theirs in zip(jax.tree.leaves((adam.mu, adam.nu)),
+                            jax.tree.leaves((trained_adam.mu, trained_adam.nu)), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    # This run's schedule (warmup, decay) starts at its own step 0.
+    assert int(trained_schedule.count) == 4 and int(schedule.count) == 0
+    # Without the option, Adam starts fresh; with a .pth source, the option names the field.
+    config.training.carry_optimizer_state = False
+    fresh = _sharing_compiled_steps(run, config, str(tmp_path / "fresh")).initial_state()
+    assert int(fresh.opt_state[0].count) == 0
+    assert not np.any(jax.tree.leaves(jax.device_get(fresh.opt_state[0].mu))[0])
+    config.training.carry_optimizer_state = True
+    config.model.weights_folder = str(tmp_path)
+    with pytest.raises(ValueError, match=r"training\.carry_optimizer_state=True needs "
+                                         r"config\.model\.weights_folder to be a training"):
+        fine_tune.check_weights_source(config)
+
+
+def test_final_evaluation_and_hparams_reach_tensorboard(trained, tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    workdir = str(tmp_path / "finished")
+    shutil.copytree(trained[0], workdir)
+    trainer.train_and_evaluate(test_config.get_config(), workdir)  # trained: evaluates only
+    tags, hparams = set(), set()
+    for events in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        accumulator = event_accumulator.EventAccumulator(events)
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["tensors"])  # clu writes scalars as tensor summaries
+        hparams |= set(accumulator.PluginTagToContent("hparams"))
+    assert "eval/multi_frame/all/abs_rel" in tags and "eval/teacher/all/abs_rel" in tags
+    assert "_hparams_/session_start_info" in hparams
+    assert os.path.exists(os.path.join(workdir, "eval_results.json"))
 
 
 TWO_DEVICES = textwrap.dedent("""
@@ -137,7 +204,7 @@ TWO_DEVICES = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     jax.config.update("jax_compilation_cache_dir", {cache!r})
     from configs import test as test_config
-    from mal_jax.train import trainer
+    from mal_jax.train import distributed, trainer
     from mal_jax.data import pipeline
     assert jax.device_count() == 2, jax.devices()
     config = test_config.get_config()
@@ -147,8 +214,8 @@ TWO_DEVICES = textwrap.dedent("""
         run = trainer.Trainer(config, workdir, devices=devices)
         batch = next(pipeline.train_batches(run.source, batch_size=2, seed=0))
         state = run.initial_state()
-        state, metrics = run.steps[False](state, trainer.shard_batch(batch, run.data_sharding),
-                                          jax.random.PRNGKey(7))
+        batch = distributed.shard_batch(batch, run.data_sharding)
+        state, metrics = run.steps[False](state, batch, jax.random.PRNGKey(7))
         results.append((jax.device_get(metrics), jax.device_get(state)))
     (metrics1, state1), (metrics2, state2) = results
     # Discrete per-pixel choices (automask, cost-volume and distillation arg-mins) amplify
@@ -196,4 +263,4 @@ def test_finetune_config_without_weights_folder_names_the_field():
     from configs import mal_finetune
 
     with pytest.raises(ValueError, match=r"config\.model\.weights_folder is required"):
-        trainer.initial_variables(mal_finetune.get_config(), None, None)
+        fine_tune.initial_variables(mal_finetune.get_config(), None, None)

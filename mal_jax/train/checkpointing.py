@@ -1,31 +1,56 @@
 """Orbax checkpoints of the training state, and loading weights for inference.
 
 A training workdir holds ``checkpoints/<step>/{state,meta}``; ``meta`` records the model
-architecture and image size so that evaluation and prediction need nothing but the path.
-``load_inference`` also accepts a ManyDepth ``.pth`` folder (converted on the fly).
+architecture, image size and the run's config, so that evaluation and prediction need nothing
+but the path. ``load_inference`` also accepts a ManyDepth ``.pth`` folder (converted on the fly).
+
+Resuming takes the newest checkpoint that restores: a broken one (truncated array file or
+metadata, a step folder without orbax's commit marker) is moved to ``checkpoints_broken/`` with
+a warning naming it, and the next older one is tried. Temp folders of interrupted saves are
+removed when the manager opens. Paths go through ``etils.epath``: a ``gs://`` workdir works.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from mal_jax.models.manydepth import ManyDepth
+from mal_jax.train import workdir as workdir_files
 
 CHECKPOINT_DIR = "checkpoints"
+BROKEN_DIR = "checkpoints_broken"  # broken checkpoints set aside by a resume, kept for a look
+COMMIT_MARKER = "commit_success.txt"  # orbax writes it last into a finished step folder
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's temp folder of a save in progress
+# What a checkpoint that cannot be read raises: tensorstore (ValueError), JSON (ValueError),
+# a missing item (KeyError), a missing or short file (OSError).
+_UNREADABLE = (ValueError, KeyError, OSError)
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+    return workdir_files.path(workdir) / CHECKPOINT_DIR
 
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-    """A manager keeping the latest ``keep`` checkpoints; saving is decided by the caller."""
+    """A manager keeping the latest ``keep`` checkpoints; saving is decided by the caller.
+    Temp folders left by interrupted saves are removed first (with a warning each)."""
+    directory = checkpoint_dir(workdir)
+    if directory.exists() and workdir_files.is_writer():
+        for leftover in sorted(directory.glob(f"*{_TMP_SUFFIX}*")):
+            logging.warning("removing %s: the temp folder of an interrupted checkpoint save",
+                            leftover)
+            leftover.rmtree()
+    _barrier("checkpoint_tmp_cleanup")
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                                 options=options)
+    return ocp.CheckpointManager(directory, options=options)
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
@@ -34,15 +59,87 @@ def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
                                                meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
-    """(state, meta) of ``step`` (default latest) into the structure/sharding of
-    ``abstract_state``; ``(None, None)`` when the workdir has no checkpoint."""
-    step = manager.latest_step() if step is None else step
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, reason: str) -> None:
+    """Move the broken checkpoint ``step`` out of the manager's sight, warning with its path."""
+    folder = epath.Path(manager.directory) / str(step)
+    target = epath.Path(manager.directory).parent / BROKEN_DIR / str(step)
+    logging.warning("checkpoint %s is broken (%s); moved to %s, resuming from an older one",
+                    folder, reason, target)
+    if workdir_files.is_writer():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target = target.parent / f"{step}.{len(list(target.parent.iterdir()))}"
+        folder.rename(target)
+    _barrier(f"set_aside_{step}")
+    manager.reload()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def check_meta(found: dict, expected: dict, where: str) -> None:
+    """Refuse a config whose model or image size differs from the checkpoint's, naming the
+    config field (``data.height``, ``model.num_depth_bins``, ...)."""
+    fields = {"data.height": ("height",), "data.width": ("width",),
+              **{f"model.{name}": ("model", name) for name in expected["model"]}}
+    for field, keys in fields.items():
+        ours, theirs = expected, found
+        for key in keys:
+            ours, theirs = ours[key], (theirs or {}).get(key)
+        if theirs != ours:
+            raise ValueError(f"{where} was trained with {field}={theirs!r}, the config has "
+                             f"{field}={ours!r}: resume with the checkpoint's value or start a "
+                             "new workdir")
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, expected_meta: dict):
+    """(state, meta) of the newest intact checkpoint, into the structure/sharding of
+    ``abstract_state``; ``(None, None)`` when none exists. Broken ones are set aside (see the
+    module docstring); one recorded with another model or image size is refused."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        folder = epath.Path(manager.directory) / str(step)
+        if not (folder / COMMIT_MARKER).exists():
+            _set_aside(manager, step, f"no {COMMIT_MARKER}: its save never finished")
+            continue
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+        except _UNREADABLE as error:
+            _set_aside(manager, step, f"metadata unreadable, {_first_line(error)}")
+            continue
+        check_meta(meta, expected_meta, f"checkpoint {folder}")
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state)))
+        except _UNREADABLE as error:
+            _set_aside(manager, step, f"state unreadable, {_first_line(error)}")
+            continue
+        return restored["state"], meta
+    return None, None
+
+
+def restore_fields(workdir: str, fields: dict) -> dict:
+    """The ``fields`` (a dict of TrainState field -> abstract subtree) of the latest
+    checkpoint of ``workdir``, restored as numpy arrays; the other fields are not read."""
+    directory = checkpoint_dir(workdir)
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+            read_only=True)) as manager:
+        step = manager.latest_step()
     if step is None:
-        return None, None
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+        raise FileNotFoundError(f"{directory}: no checkpoint saved yet")
+    return ocp.PyTreeCheckpointer().restore(
+        directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+            item=fields, restore_args=ocp.checkpoint_utils.construct_restore_args(fields),
+            partial_restore=True))
 
 
 def model_meta(model: ManyDepth, height: int, width: int) -> dict:
@@ -70,13 +167,13 @@ class InferenceModel:
 
 
 def _is_manydepth_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "encoder.pth"))
+    return (workdir_files.path(path) / "encoder.pth").is_file()
 
 
 def load_inference(path: str, step: int | None = None) -> InferenceModel:
     """Weights for inference from a training workdir (latest or ``step`` checkpoint) or a
     ManyDepth ``.pth`` folder (needs the torch extra)."""
-    if not os.path.isdir(path):
+    if not workdir_files.path(path).is_dir():
         raise FileNotFoundError(f"checkpoint not found: {path} (expected a training workdir or "
                                 "a ManyDepth weights folder)")
     if _is_manydepth_folder(path):
@@ -92,8 +189,8 @@ def load_inference(path: str, step: int | None = None) -> InferenceModel:
                           else 18)
         return InferenceModel(model, variables, meta["min_depth_bin"], meta["max_depth_bin"],
                               meta["height"], meta["width"])
-    directory = os.path.abspath(os.path.join(path, CHECKPOINT_DIR))
-    if not os.path.isdir(directory):
+    directory = checkpoint_dir(path)
+    if not directory.is_dir():
         raise FileNotFoundError(f"{path}: no {CHECKPOINT_DIR}/ folder and no encoder.pth; not a "
                                 "training workdir or ManyDepth weights folder")
     with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
@@ -111,8 +208,13 @@ def load_inference(path: str, step: int | None = None) -> InferenceModel:
 
 
 def write_config(workdir: str, config) -> None:
-    """The run's config as JSON beside the checkpoints (human-readable provenance)."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as handle:
-        handle.write(config.to_json_best_effort(indent=2) if hasattr(
-            config, "to_json_best_effort") else json.dumps(dict(config), indent=2))
+    """The run's config as JSON beside the checkpoints (human-readable provenance), written
+    atomically by process 0; every checkpoint's meta also records the config it ran with."""
+    if workdir_files.is_writer():
+        workdir_files.write_text_atomic(workdir_files.path(workdir) / "config.json",
+                                        config_json(config))
+
+
+def config_json(config) -> str:
+    return config.to_json_best_effort(indent=2) + "\n" if hasattr(
+        config, "to_json_best_effort") else json.dumps(dict(config), indent=2) + "\n"

@@ -33,11 +33,27 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def learning_rate_schedule(learning_rate: float, decay_step: int, decay_factor: float):
-    """Step schedule: ``learning_rate`` until ``decay_step``, then times ``decay_factor``."""
-    if decay_step <= 0:
-        return optax.constant_schedule(learning_rate)
-    return optax.piecewise_constant_schedule(learning_rate, {decay_step: decay_factor})
+def learning_rate_schedule(learning_rate: float, decay_step: int, decay_factor: float,
+                           warmup_steps: int = 0):
+    """The rate of update ``s`` (0-based): ``learning_rate`` times ``decay_factor`` from
+    ``decay_step`` on, times the linear warmup factor ``min(s + 1, warmup_steps) /
+    warmup_steps`` (no warmup when ``warmup_steps <= 0``).
+
+    The warmup follows MAL's Cityscapes scheduler (``WarmupStepLRScheduler``, init 1e-10): its
+    update ``s`` runs at ``1e-10 + (peak - 1e-10) * (s + 1) / warmup_steps``; from update
+    ``warmup_steps - 1`` on it keeps ``(warmup_steps - 1) / warmup_steps`` of the peak (it never
+    sets the peak), where this schedule reaches the full rate; the 1e-10 offset is dropped.
+    """
+    decayed = (optax.constant_schedule(learning_rate) if decay_step <= 0 else
+               optax.piecewise_constant_schedule(learning_rate, {decay_step: decay_factor}))
+    if warmup_steps <= 0:
+        return decayed
+
+    def schedule(step):
+        warmup = jnp.minimum(jnp.asarray(step, jnp.float32) + 1.0, warmup_steps) / warmup_steps
+        return decayed(step) * warmup
+
+    return schedule
 
 
 def make_optimizer(schedule) -> optax.GradientTransformation:

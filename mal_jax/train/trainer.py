@@ -3,28 +3,29 @@
 ``train_and_evaluate(config, workdir)`` is what ``train.py`` calls. Data parallelism is
 ``jax.jit`` over a one-axis device mesh: the batch is split over ``"data"``, the state is
 replicated, so BatchNorm statistics and the adaptive depth bins are global-batch quantities,
-as on one device. Multi-host runs call ``jax.distributed.initialize()`` first (train.py does
-when asked) and feed each host its shard of the data.
+as on one device. Multi-host runs call ``distributed.initialize`` first (train.py does when
+asked); each process feeds its shard of the data, every output fetched to the host is
+replicated, and only process 0 writes files (orbax coordinates the checkpoint writes).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
+import tempfile
 import time
 
 import jax
 import ml_collections
 import numpy as np
 from clu import metric_writers, periodic_actions
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from ml_collections.config_dict import config_dict
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mal_jax.data import pipeline, sources
 from mal_jax.models.manydepth import ManyDepth
-from mal_jax.port.convert import init_from_torchvision, read_torch_state_dict
-from mal_jax.train import checkpointing, periodic
+from mal_jax.train import checkpointing, distributed, fine_tune, periodic
 from mal_jax.train import state as train_state
+from mal_jax.train import workdir as workdir_files
 from mal_jax.train.step import initial_balance, make_train_step, step_settings, summary_images
 
 
@@ -39,68 +40,6 @@ def build_model(config: ml_collections.ConfigDict) -> ManyDepth:
                      scales=tuple(config.model.scales))
 
 
-def _weights_folder(config) -> str:
-    """``config.model.weights_folder``; configs that need one mark it required."""
-    try:
-        return config.model.weights_folder
-    except config_dict.RequiredValueError as error:
-        raise ValueError("config.model.weights_folder is required by this config: pass "
-                         "--config.model.weights_folder=DIR (a ManyDepth .pth folder or a "
-                         "training workdir)") from error
-
-
-def _checkpoint_variables(workdir: str, fresh: dict) -> tuple[dict, float, float]:
-    """Variables and bins of a workdir's latest checkpoint, checked against ``fresh``'s layout
-    (another architecture or bin count fails naming the first differing weight)."""
-    loaded = checkpointing.load_inference(workdir)
-    expected = {"/".join(str(getattr(k, "key", k)) for k in path): np.shape(leaf)
-                for path, leaf in jax.tree_util.tree_leaves_with_path(fresh)}
-    found = {"/".join(str(getattr(k, "key", k)) for k in path): np.shape(leaf)
-             for path, leaf in jax.tree_util.tree_leaves_with_path(loaded.variables)}
-    for name in sorted(expected.keys() | found.keys()):
-        if expected.get(name) != found.get(name):
-            raise ValueError(f"{workdir}: weight {name} has shape {found.get(name)}, the config's "
-                             f"model needs {expected.get(name)} (other num_layers or "
-                             "num_depth_bins?)")
-    return loaded.variables, loaded.min_depth_bin, loaded.max_depth_bin
-
-
-def initial_variables(config, model: ManyDepth, rng: jax.Array) -> tuple[dict, float, float]:
-    """Fresh, ImageNet-initialised or loaded variables and the starting bins.
-
-    ``config.model.weights_folder`` may be a ManyDepth ``.pth`` folder or a training workdir
-    (its latest checkpoint: fine-tuning a model trained here); either brings its depth bins.
-    """
-    weights_folder = _weights_folder(config)
-    variables = jax.jit(lambda key: model.init(key, config.data.height, config.data.width))(rng)
-    min_bin, max_bin = config.model.init_min_depth_bin, config.model.init_max_depth_bin
-    if weights_folder and os.path.isdir(os.path.join(weights_folder,
-                                                     checkpointing.CHECKPOINT_DIR)):
-        return _checkpoint_variables(weights_folder, variables)
-    if weights_folder:
-        from mal_jax.port.convert import load_manydepth_folder
-
-        variables, meta = load_manydepth_folder(weights_folder, model)
-        min_bin = meta.get("min_depth_bin", min_bin)
-        max_bin = meta.get("max_depth_bin", max_bin)
-    elif config.model.imagenet_weights:
-        variables = init_from_torchvision(
-            variables, read_torch_state_dict(config.model.imagenet_weights), model,
-            source=config.model.imagenet_weights)
-    return variables, float(min_bin), float(max_bin)
-
-
-def make_mesh(devices=None) -> Mesh:
-    """A one-axis ``"data"`` mesh over ``devices`` (default: all)."""
-    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
-
-
-def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
-    """Host-local numpy batch -> global array split over the mesh's data axis."""
-    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for key, value in batch.items()}
-
-
 def freeze_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     """Global step at which the teacher and pose stop training (-1 = never)."""
     if config.training.freeze_teacher_step >= 0:
@@ -112,7 +51,24 @@ def freeze_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
 
 def _rate_fields(config) -> tuple:
     training = config.training
-    return training.learning_rate, training.lr_decay_epoch, training.lr_decay_factor
+    return (training.learning_rate, training.lr_decay_epoch, training.lr_decay_factor,
+            training.warmup_steps)
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict:
+    """The config as flat TensorBoard hyperparameters (tuples and None as text)."""
+    flat = {}
+
+    def visit(prefix, node):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                visit(f"{prefix}{key}.", value)
+            else:
+                plain = isinstance(value, (bool, int, float, str))
+                flat[f"{prefix}{key}"] = value if plain else str(value)
+
+    visit("", json.loads(checkpointing.config_json(config)))
+    return flat
 
 
 class Trainer:
@@ -120,7 +76,7 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
         self.config, self.workdir = config, workdir
-        self.mesh = make_mesh(devices)
+        self.mesh = distributed.make_mesh(devices)
         if config.training.batch_size % self.mesh.size:
             raise ValueError(f"training.batch_size={config.training.batch_size} is not divisible"
                              f" by the {self.mesh.size} devices")
@@ -134,7 +90,7 @@ class Trainer:
         self.schedule = train_state.learning_rate_schedule(
             config.training.learning_rate,
             config.training.lr_decay_epoch * self.steps_per_epoch,
-            config.training.lr_decay_factor)
+            config.training.lr_decay_factor, config.training.warmup_steps)
         self.optimizer = train_state.make_optimizer(self.schedule)
         self.settings = step_settings(config, self.steps_per_epoch)
 
@@ -149,9 +105,13 @@ class Trainer:
                                     out_shardings=(self.replicated, self.replicated),
                                     donate_argnums=0)
         self.steps = steps
-        self.images = jax.jit(summary_images(self.model, self.settings))
+        # Replicated outputs: every process can fetch them (multi-host).
+        self.images = jax.jit(summary_images(self.model, self.settings),
+                              out_shardings=self.replicated)
         self.manager = checkpointing.checkpoint_manager(workdir, config.training.keep_checkpoints)
-        self.meta = checkpointing.model_meta(self.model, config.data.height, config.data.width)
+        self.meta = {**checkpointing.model_meta(self.model, config.data.height, config.data.width),
+                     "config": json.loads(checkpointing.config_json(config))}
+        self.skipped_steps = 0  # non-finite steps skipped by this process's run
 
     def reuse_programs(self, other: Trainer) -> None:
         """Run with ``other``'s compiled step and summary programs (compiling the step takes
@@ -168,8 +128,20 @@ class Trainer:
                              f"{other.workdir} (different step settings, model or devices)")
         self.steps, self.images = other.steps, other.images
 
+    def validate_before_first_step(self) -> None:
+        """Every check of the config that can fail, before anything is trained or written.
+
+        The checkpoint (model and image size vs the config) is checked by ``initial_state``,
+        which runs right after this and also before the first step. The data and evaluation
+        path checks of ``mal_jax.data`` belong here too, beside these.
+        """
+        from mal_jax.eval import evaluate
+
+        fine_tune.check_weights_source(self.config)
+        evaluate.get_preset(self.config.evaluation.protocol)
+
     def initial_state(self) -> train_state.TrainState:
-        """The latest checkpoint of the workdir, or a fresh state."""
+        """The newest intact checkpoint of the workdir, or a fresh state."""
         config = self.config
         rng = jax.random.PRNGKey(config.training.seed)
 
@@ -185,26 +157,30 @@ class Trainer:
         abstract = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=self.replicated),
             abstract)
-        state, _ = checkpointing.restore(self.manager, abstract)
+        state, _ = checkpointing.restore(self.manager, abstract, self.meta)
         if state is not None:
             logging.info("resumed from step %d", int(state.step))
             return state
-        fresh = state_of(*initial_variables(config, self.model, rng))
-        # Distinct buffers per leaf: the step donates the state, and a leaf shared by two
-        # fields (e.g. one zeros array) cannot be donated twice.
-        return jax.device_put(jax.tree.map(np.array, fresh), self.replicated)
+        fresh = state_of(*fine_tune.initial_variables(config, self.model, rng))
+        if config.training.carry_optimizer_state:
+            fresh = fresh.replace(opt_state=fine_tune.carried_optimizer_state(
+                config, fresh.opt_state))
+        return distributed.replicate(fresh, self.replicated)
 
     def step_fn(self, step: int):
         return self.steps[0 <= self.freeze_at <= step]
 
     def run(self, num_steps: int | None = None) -> train_state.TrainState:
-        """Train from the workdir's latest checkpoint up to ``num_steps`` (default: all)."""
+        """Train from the workdir's newest intact checkpoint up to ``num_steps`` (default:
+        all). Nothing is written before the config and the checkpoint passed their checks."""
         config = self.config
         last = self.num_steps if num_steps is None else num_steps
+        self.validate_before_first_step()
+        state = self.initial_state()
         checkpointing.write_config(self.workdir, config)
         writer = metric_writers.create_default_writer(
-            self.workdir, just_logging=jax.process_index() > 0)
-        state = self.initial_state()
+            self.workdir, just_logging=not workdir_files.is_writer())
+        writer.write_hparams(hparams(config))
         step = int(jax.device_get(state.step))
         if step >= last:
             return state
@@ -217,55 +193,83 @@ class Trainer:
         base_rng = jax.device_get(state.rng)  # the state is donated to each step
         tic = time.perf_counter()
         for batch in batches:
-            batch = shard_batch(batch, self.data_sharding)
-            state, metrics = self.step_fn(step)(state, batch, jax.random.fold_in(base_rng, step))
+            batch = distributed.shard_batch(batch, self.data_sharding)
+            # A global (replicated) key: multi-process jit takes global arrays only.
+            rng = distributed.replicate(jax.random.fold_in(base_rng, step), self.replicated)
+            state, metrics = self.step_fn(step)(state, batch, rng)
             step += 1
-            if not bool(jax.device_get(metrics["finite"])):
-                self.manager.wait_until_finished()
-                raise NonFiniteLoss(
-                    f"step {step}: loss or gradients are NaN/inf (loss={float(metrics['loss'])});"
-                    f" training stopped, the last good checkpoint in "
-                    f"{os.path.join(self.workdir, checkpointing.CHECKPOINT_DIR)} is kept")
+            self._check_finite(step, metrics)
             progress(step)
             if periodic.is_due(step, config.training.log_every_steps, last):
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                elapsed = time.perf_counter() - tic
-                scalars["step_time_s"] = elapsed / max(config.training.log_every_steps, 1)
+                scalars["step_time_s"] = ((time.perf_counter() - tic)
+                                          / max(config.training.log_every_steps, 1))
+                scalars["skipped_nonfinite_steps"] = self.skipped_steps
                 writer.write_scalars(step, scalars)
                 tic = time.perf_counter()
-            if periodic.is_due(step, config.training.image_every_steps):
-                images = jax.device_get(self.images(state, batch))
-                writer.write_images(step, {k: np.clip(v[:4], 0, 1) if v.shape[-1] in (1, 3)
-                                           else v[:4] for k, v in images.items()})
-            if periodic.is_due(step, config.training.checkpoint_every_steps, last):
-                checkpointing.save(self.manager, state, {**self.meta, "step": step})
-            if periodic.is_due(step, config.training.eval_every_steps):
-                self.evaluate(state, writer, step)
+            self._periodic_actions(step, last, state, batch, writer)
             if step >= last:
                 break
         self.manager.wait_until_finished()
         writer.flush()
         return state
 
+    def _check_finite(self, step: int, metrics: dict) -> None:
+        """Stop on a NaN/inf step, or count and skip it (``training.skip_nonfinite_steps``;
+        the step left the state unchanged, the next step takes the next batch)."""
+        if bool(jax.device_get(metrics["finite"])):
+            return
+        if self.config.training.skip_nonfinite_steps:
+            self.skipped_steps += 1
+            logging.warning("step %d: loss or gradients are NaN/inf; update skipped (%d skipped "
+                            "so far in this run)", step, self.skipped_steps)
+            return
+        self.manager.wait_until_finished()
+        raise NonFiniteLoss(
+            f"step {step}: loss or gradients are NaN/inf (loss={float(metrics['loss'])});"
+            f" training stopped, the last good checkpoint in "
+            f"{checkpointing.checkpoint_dir(self.workdir)} is kept (set "
+            "training.skip_nonfinite_steps=True to skip such steps)")
+
+    def _periodic_actions(self, step: int, last: int, state, batch: dict, writer) -> None:
+        """Image summaries, checkpoints and evaluation when due after ``step`` steps."""
+        training = self.config.training
+        if periodic.is_due(step, training.image_every_steps):
+            images = jax.device_get(self.images(state, batch))
+            writer.write_images(step, {k: np.clip(v[:4], 0, 1) if v.shape[-1] in (1, 3)
+                                       else v[:4] for k, v in images.items()})
+        if periodic.is_due(step, training.checkpoint_every_steps, last):
+            checkpointing.save(self.manager, state, {**self.meta, "step": step})
+        if periodic.is_due(step, training.eval_every_steps):
+            self.evaluate(state, writer, step)
+
     def evaluate(self, state, writer, step: int) -> dict:
-        """Evaluate the current state on the config's test split; results to the workdir."""
+        """Evaluate the current state on the config's test split; results to the workdir.
+
+        Every process evaluates (the same data, on its own devices); only process 0 keeps the
+        files. So no process waits for process 0 in a timed shutdown barrier.
+        """
         from mal_jax.eval import evaluate
 
         bins = [float(b) for b in jax.device_get(state.depth_bins)]
         inference = checkpointing.InferenceModel(
             self.model, jax.device_get(state.variables), bins[0], bins[1],
             self.config.data.height, self.config.data.width)
-        results = evaluate.evaluate(inference, self.config, self.workdir,
-                                    checkpoint=f"{self.workdir} step {step}")
+        with tempfile.TemporaryDirectory() as discarded:
+            out_dir = self.workdir if workdir_files.is_writer() else discarded
+            results = evaluate.evaluate(inference, self.config, out_dir,
+                                        checkpoint=f"{self.workdir} step {step}")
         writer.write_scalars(step, evaluate.flat_scalars(results))
         return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-    """Train per ``config`` in ``workdir`` (resuming if it has checkpoints), then evaluate."""
+    """Train per ``config`` in ``workdir`` (resuming if it has checkpoints), then evaluate;
+    the final scalars go to the workdir's TensorBoard summaries."""
     trainer = Trainer(config, workdir)
     state = trainer.run()
-    if jax.process_index() == 0:
-        writer = metric_writers.create_default_writer(workdir, just_logging=True)
-        trainer.evaluate(state, writer, int(jax.device_get(state.step)))
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=not workdir_files.is_writer())
+    trainer.evaluate(state, writer, int(jax.device_get(state.step)))
+    writer.flush()
     return state
