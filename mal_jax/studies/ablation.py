@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
+from mal_jax.eval.progress import track
 from mal_jax.train import trainer as trainer_lib
 
 # What a row reports: every metric of the evaluation, for both networks and both regions.
@@ -211,7 +212,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
             pretrain_config(config, start_seed), _pretrain_dir(workdir, start_seed), programs,
             START))
     programs.release(START)
-    for row in rows:
+    for row in track(rows, len(rows), "ablation rows"):
         for seed in seeds:
             record(row.name, seed, _train_and_evaluate(
                 finetune_config(config, row, seed, _pretrain_dir(workdir, starts[seed])),

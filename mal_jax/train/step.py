@@ -19,6 +19,7 @@ import ml_collections
 import optax
 
 from mal_jax.core import geometry, objective
+from mal_jax.data.registry import dataset_spec
 from mal_jax.mal import loss_balance
 from mal_jax.mal import objective as mal_objective
 from mal_jax.mal.temporal_hints import TemporalHintConfig
@@ -46,10 +47,10 @@ def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> St
     if not config.loss.scales or not set(config.loss.scales) <= set(config.model.scales):
         raise ValueError(f"config.loss.scales={tuple(config.loss.scales)} must be a non-empty "
                          f"subset of config.model.scales={tuple(config.model.scales)}")
-    if config.loss.velocity_weight and config.data.dataset != "synthetic":
+    if config.loss.velocity_weight and not dataset_spec(config.data.dataset).has_true_poses:
         raise ValueError(f"config.loss.velocity_weight={config.loss.velocity_weight} needs the "
-                         f"true camera poses, which only the synthetic dataset provides "
-                         f"(config.data.dataset={config.data.dataset!r})")
+                         f"true camera poses, which config.data.dataset="
+                         f"{config.data.dataset!r} does not provide")
     mal_cfg = config.mal
     uses_mal = mal_cfg.temporal or mal_cfg.main_temporal or mal_cfg.distil
     mal = None

@@ -20,7 +20,8 @@ from clu import metric_writers, periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections.config_dict import config_dict
 
-from mal_jax.data import pipeline, sources
+from mal_jax.data import pipeline, registry
+from mal_jax.eval import evaluate
 from mal_jax.models.manydepth import ManyDepth
 from mal_jax.port.convert import init_from_torchvision, read_torch_state_dict
 from mal_jax.train import checkpointing, periodic
@@ -124,7 +125,8 @@ class Trainer:
         if config.training.batch_size % self.mesh.size:
             raise ValueError(f"training.batch_size={config.training.batch_size} is not divisible"
                              f" by the {self.mesh.size} devices")
-        self.source = sources.train_source(config)
+        self.source = registry.train_source(config)
+        self.evaluator = evaluate.Evaluator(config)  # its data source is built once, here
         self.local_batch = config.training.batch_size // jax.process_count()
         self.steps_per_epoch = pipeline.steps_per_epoch(
             self.source.num_samples, self.local_batch, jax.process_count())
@@ -249,20 +251,19 @@ class Trainer:
 
     def evaluate(self, state, writer, step: int) -> dict:
         """Evaluate the current state on the config's test split; results to the workdir."""
-        from mal_jax.eval import evaluate
-
         bins = [float(b) for b in jax.device_get(state.depth_bins)]
         inference = checkpointing.InferenceModel(
             self.model, jax.device_get(state.variables), bins[0], bins[1],
             self.config.data.height, self.config.data.width)
-        results = evaluate.evaluate(inference, self.config, self.workdir,
-                                    checkpoint=f"{self.workdir} step {step}")
+        results = self.evaluator.run(inference, checkpoint=f"{self.workdir} step {step}")
+        self.evaluator.write(inference, results, self.workdir)
         writer.write_scalars(step, evaluate.flat_scalars(results))
         return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     """Train per ``config`` in ``workdir`` (resuming if it has checkpoints), then evaluate."""
+    registry.check_config(config)  # every data/eval field and path, before anything is written
     trainer = Trainer(config, workdir)
     state = trainer.run()
     if jax.process_index() == 0:
