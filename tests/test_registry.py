@@ -116,11 +116,12 @@ BAD_FIELDS = [
     ("evaluation.protocol", "synthetic", r"config\.evaluation\.protocol='synthetic': dataset "
      r"'kitti' is evaluated with one of kitti_eigen, kitti_eigen_mal"),
     ("evaluation.batch_size", 0, r"config\.evaluation\.batch_size=0: must be at least 1"),
-    ("data.root", "", r"config\.data\.root='': this dataset needs a folder"),
+    ("data.root", "", r"config\.data\.root='': dataset 'kitti' needs a folder here"),
     ("data.root", "/no/such/root", r"config\.data\.root='/no/such/root': folder missing"),
     ("data.train_split_file", "/no/s.txt", r"config\.data\.train_split_file='/no/s\.txt': file "
      r"missing"),
-    ("data.eval_split_file", "", r"config\.data\.eval_split_file='': this dataset needs a file"),
+    ("data.eval_split_file", "", r"config\.data\.eval_split_file='': dataset 'kitti' needs a "
+     r"file here \(--config\.data\.eval_split_file=\.\.\.\)"),
     ("data.gt_depth_file", "/no/gt.npz", r"config\.data\.gt_depth_file='/no/gt\.npz': file "
      r"missing"),
     ("data.masks_root", "/no/masks", r"config\.data\.masks_root='/no/masks': folder missing"),

@@ -134,17 +134,17 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
 
 def _check_paths(config: ml_collections.ConfigDict, spec: DatasetSpec, training: bool) -> None:
     data, layout = config.data, spec.layout
-    _require("root", data.root, folder=True)
+    _require(spec, "root", data.root, folder=True)
     for field in ("train_split_file", "eval_split_file") if training else ("eval_split_file",):
         path = data[field]
-        _require(field, path, folder=False)
+        _require(spec, field, path, folder=False)
         try:
             layout.read_split(path)
         except (OSError, ValueError) as error:
             raise ConfigError(f"config.data.{field}={path!r}: {error}") from None
-    _require("gt_depth_file", data.gt_depth_file, folder=layout.gt_is_folder)
+    _require(spec, "gt_depth_file", data.gt_depth_file, folder=layout.gt_is_folder)
     if data.masks_root:
-        _require("masks_root", data.masks_root, folder=True)
+        _require(spec, "masks_root", data.masks_root, folder=True)
     elif training and (config.mal.temporal or config.mal.main_temporal):
         raise ConfigError(
             f"config.data.masks_root='': MAL's temporal hints (config.mal.temporal, "
@@ -152,9 +152,10 @@ def _check_paths(config: ml_collections.ConfigDict, spec: DatasetSpec, training:
             "masks folder (data/README.md) or set both to False")
 
 
-def _require(field: str, path: str, *, folder: bool) -> None:
+def _require(spec: DatasetSpec, field: str, path: str, *, folder: bool) -> None:
     kind = "folder" if folder else "file"
     if not path:
-        raise ConfigError(f"config.data.{field}='': this dataset needs a {kind}")
+        raise ConfigError(f"config.data.{field}='': dataset {spec.name!r} needs a {kind} here "
+                          f"(--config.data.{field}=...)")
     if not (os.path.isdir(path) if folder else os.path.isfile(path)):
         raise ConfigError(f"config.data.{field}={path!r}: {kind} missing")
