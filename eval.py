@@ -44,14 +44,16 @@ def main(argv):
     from mal_jax.data.pipeline import hide_gpus_from_tf
 
     hide_gpus_from_tf()
+    from mal_jax.data import registry
     from mal_jax.eval import evaluate
     from mal_jax.eval import inference as depth_inference
 
     try:
-        evaluate.get_preset(FLAGS.config.evaluation.protocol)
+        registry.check_config(FLAGS.config, training=False)
         inference = depth_inference.load_inference(checkpoint)
         out_dir = output_folder(checkpoint, FLAGS.out, FLAGS.config.evaluation.protocol)
-        evaluate.evaluate(inference, FLAGS.config, out_dir, checkpoint=checkpoint)
+        evaluator = evaluate.Evaluator(FLAGS.config, height=inference.height, width=inference.width)
+        evaluator.write(inference, evaluator.run(inference, checkpoint=checkpoint), out_dir)
     except (FileNotFoundError, ValueError, KeyError) as error:
         sys.exit(f"eval.py: {error}")
 

@@ -26,6 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
     data.num_eval_samples = 160  # synthetic: test samples evaluated (full split: 320)
     data.seed = 0  # seed of the synthetic scenes (splits use disjoint seeds internally)
     data.augment = True  # colour jitter (p=0.5) and horizontal flip (p=0.5), as the reference
+    # A frame -1/+1 missing at a sequence boundary (kitti; cityscapes evaluation): "black" or
+    # "error". "black" (the default) is what the reference's KITTI loader does: a black frame,
+    # whose cost-volume pose training zeroes and for which evaluation matches frame 0 against
+    # itself (ManyDepth's --static_camera); each case is logged once. "error" refuses instead,
+    # naming the file and split line: use it to check that a dataset copy is complete.
+    data.missing_neighbour = "black"  # (ManyDepth: black)
 
     # ---------------------------------------------------------------- model
     model = config.model = ml_collections.ConfigDict()
@@ -110,7 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- evaluation
     evaluation = config.evaluation = ml_collections.ConfigDict()
-    # synthetic | kitti_eigen | kitti_eigen_mal | cityscapes | cityscapes_mal (evaluate.PRESETS)
+    # synthetic | kitti_eigen | kitti_eigen_mal | cityscapes | cityscapes_mal (eval.presets.PRESETS)
     evaluation.protocol = "synthetic"
     evaluation.batch_size = 8  # evaluation batch size
     evaluation.write_images = 4  # colormapped depth/error PNGs written (0 = none)

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from mal_jax.data import cityscapes, pipeline
@@ -14,7 +13,7 @@ H, W = 16, 32
 
 
 def _samples(source):
-    return list(pipeline.source_dataset(source).as_numpy_iterator())
+    return list(pipeline.numpy_batches(source, pipeline.source_dataset(source)))
 
 
 def test_triplet_split_order_and_intrinsics(tmp_path):
@@ -92,19 +91,37 @@ def test_eval_missing_previous_frame_is_an_error_by_default(tmp_path):
     split, _ = _eval_tree(root, with_previous=False)
     gt_dir = os.path.join(root, "gt")
     with pytest.raises(
-        tf.errors.OpError, match=r"bonn_000001_000017_leftImg8bit\.png.*split line 1"
-    ):
+        FileNotFoundError,
+        match=r"bonn_000001_000017_leftImg8bit\.png: neighbour image missing.*split line 1",
+    ) as error:
         _samples(
             cityscapes.cityscapes_eval_source(
                 root, split, gt_dir, height=H, width=W, gt_size=(40, 64)
             )
         )
-    static = _samples(
+    assert "\n" not in str(error.value)
+    black = _samples(
         cityscapes.cityscapes_eval_source(
-            root, split, gt_dir, height=H, width=W, gt_size=(40, 64), missing_neighbour="static"
+            root, split, gt_dir, height=H, width=W, gt_size=(40, 64), missing_neighbour="black"
         )
     )
-    np.testing.assert_array_equal(static[0]["frames"][0], static[0]["frames"][1])
+    np.testing.assert_array_equal(black[0]["frames"][0], 0.0)
+    np.testing.assert_allclose(black[0]["frames"][1], 120 / 255, atol=1e-6)
+
+
+def test_corrupt_triplet_file_is_one_line(tmp_path):
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "ulm"))
+    with open(os.path.join(root, "ulm", "ulm_000064_000012.jpg"), "wb") as handle:
+        handle.write(b"\xff\xd8\xff\xe0 truncated")
+    split = tmp_path / "train_files.txt"
+    split.write_text("ulm ulm_000064_000012\n")
+    source = cityscapes.cityscapes_source(root, str(split), height=H, width=W)
+    with pytest.raises(
+        ValueError, match=r"ulm_000064_000012\.jpg: cannot decode image .*split line 1"
+    ) as error:
+        list(pipeline.train_batches(source, batch_size=1, num_epochs=1))
+    assert "\n" not in str(error.value)
 
 
 def test_previous_frame_name():

@@ -1,6 +1,7 @@
 """Evaluation: hand-computed metrics through the full scoring loop (KITTI-like padding, Eigen
 crop, median scaling, clamping, moving pixels), the static-camera fallback and lookup pose of
-the predictor, and an end-to-end run on the synthetic split writing JSON/Markdown/PNGs."""
+the predictor, and the Evaluator end to end on the synthetic split: built once, scoring
+without writing, then JSON/Markdown/PNGs."""
 
 import dataclasses
 import json
@@ -17,9 +18,9 @@ from PIL import Image
 
 from configs.default import get_config
 from mal_jax.core import geometry
-from mal_jax.data import pipeline
+from mal_jax.data import pipeline, registry
 from mal_jax.data.synthetic import intrinsics_pyramid
-from mal_jax.eval import evaluate, metrics
+from mal_jax.eval import evaluate, metrics, presets
 from mal_jax.eval import outputs as eval_outputs
 from mal_jax.eval.inference import load_inference, make_batch_predictor
 from mal_jax.models.manydepth import ManyDepth
@@ -78,14 +79,13 @@ def test_kitti_eigen_hand_computed_through_the_loop():
     teacher = np.stack([1.0 / (2.0 * gt_a), np.ones((10, 20)), 1.0 / np.maximum(gt_c, 1.0)])
     frames = np.full((3, 2, 4, 4, 3), 0.5, np.float32)
     frames[:, 1] = 0.25
-    frames[1, 0] = frames[1, 1]  # frame -1 missing, a copy of frame 0 ("static" loader policy)
-    frames[2, 0] = 0.0  # frame -1 missing, black ("zeros" loader policy)
+    frames[1:, 0] = 0.0  # frame -1 missing: black (data.missing_neighbour="black")
     batch = {"depth_gt": depth_gt, "frames": frames, "index": np.arange(3)}
 
     results = evaluate.evaluate_predictions(
         [batch],
         fake_predictor({"multi_frame": multi, "teacher": teacher.astype(np.float32)}),
-        evaluate.get_preset("kitti_eigen"),
+        presets.get_preset("kitti_eigen"),
         batch_size=4,
         gt_shapes=[(10, 20), (12, 24), (10, 20)],
     )
@@ -138,7 +138,7 @@ def test_moving_pixels_use_the_all_pixel_scaling():
     results = evaluate.evaluate_predictions(
         [batch],
         fake_predictor({"multi_frame": disp, "teacher": disp}),
-        evaluate.get_preset("synthetic"),
+        presets.get_preset("synthetic"),
         batch_size=2,
     )
     # Image 1: ratio median(gt) = 4, so the object (GT 8) is predicted at 4.
@@ -179,14 +179,14 @@ def test_score_depth_matches_metrics_evaluate_batch(protocol):
 
 
 def test_presets_carry_each_papers_depth_range():
-    many = evaluate.get_preset("kitti_eigen")
+    many = presets.get_preset("kitti_eigen")
     assert (many.min_depth, many.max_depth, many.protocol) == (0.1, 100.0, metrics.KITTI_EIGEN)
-    mal = evaluate.get_preset("kitti_eigen_mal")
+    mal = presets.get_preset("kitti_eigen_mal")
     assert (mal.min_depth, mal.max_depth, mal.protocol) == (1e-3, 80.0, metrics.KITTI_EIGEN)
-    assert evaluate.get_preset("cityscapes").protocol == metrics.CITYSCAPES
-    assert evaluate.get_preset("synthetic").moving_block
+    assert presets.get_preset("cityscapes").protocol == metrics.CITYSCAPES
+    assert presets.get_preset("synthetic").moving_block
     with pytest.raises(ValueError, match="'kitti'"):
-        evaluate.get_preset("kitti")
+        presets.get_preset("kitti")
 
 
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
@@ -238,13 +238,31 @@ def test_predictor_lookup_pose_and_static_camera_fallback(inference):
     np.testing.assert_allclose(with_previous["multi_frame"], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_end_to_end_synthetic_writes_json_markdown_and_images(inference, tmp_path):
+def test_evaluator_built_once_scores_without_writing_then_writes(
+    inference, tmp_path, monkeypatch
+):
     config = get_config()
     config.data.num_eval_samples = 4  # batches of 3 and 1 (padded)
     config.data.max_instances = 4
     config.evaluation.batch_size = BATCH
     config.evaluation.write_images = 2
-    results = evaluate.evaluate(inference, config, str(tmp_path), checkpoint="fresh-init")
+    builds = []
+    spec = registry.DATASETS["synthetic"]
+
+    def counted(*args):
+        builds.append(args[1:])
+        return spec.eval_source(*args)
+
+    monkeypatch.setitem(
+        registry.DATASETS, "synthetic", dataclasses.replace(spec, eval_source=counted)
+    )
+    evaluator = evaluate.Evaluator(config, height=HEIGHT, width=WIDTH)
+    results = evaluator.run(inference, checkpoint="fresh-init")
+    again = evaluator.run(inference, checkpoint="fresh-init")
+    assert builds == [(HEIGHT, WIDTH)]  # one data source for both runs
+    assert again["metrics"] == results["metrics"]
+    assert os.listdir(tmp_path) == []  # scoring writes nothing
+    evaluator.write(inference, results, str(tmp_path))
 
     with open(tmp_path / "eval_results.json") as handle:
         saved = json.load(handle)
@@ -268,10 +286,12 @@ def test_end_to_end_synthetic_writes_json_markdown_and_images(inference, tmp_pat
     assert len(images) == 2 * (1 + 2 * 2)  # samples x (input + models x (disparity, error))
     assert "0001_teacher_abs_rel_error.png" in images
     # The input PNG is frame t of that sample, in 8-bit.
-    source, _ = evaluate.eval_data(config, HEIGHT, WIDTH)
-    first = next(iter(pipeline.eval_batches(source, batch_size=BATCH)))
+    first = next(iter(pipeline.eval_batches(evaluator.source, batch_size=BATCH)))
     written = np.asarray(Image.open(tmp_path / "eval_images" / "0001_input.png"))
     np.testing.assert_allclose(written, np.asarray(first["frames"])[1, 1] * 255.0, atol=0.51)
+    wrong_size = types.SimpleNamespace(**{**vars(inference), "height": 2 * HEIGHT})
+    with pytest.raises(ValueError, match=r"takes 128x96 images, the evaluator was built for 64x96"):
+        evaluator.run(wrong_size)
 
 
 def test_predictor_reproduces_reference_eval_disparities(golden):
@@ -323,7 +343,7 @@ def test_outputs_colour_maps_and_empty_blocks(tmp_path):
         "max_depth_bin": 20.0,
         "static_fallback_images": 0,
         "regions": ["all", "moving"],
-        "preset": {"min_depth": 0.1, "max_depth": 100.0, **dataclasses.asdict(evaluate.SYNTHETIC)},
+        "preset": {"min_depth": 0.1, "max_depth": 100.0, **dataclasses.asdict(presets.SYNTHETIC)},
         "metrics": {m: {"all": good_block, "moving": nan_block} for m in evaluate.MODELS},
     }
     json_path, md_path = eval_outputs.write_results(results, str(tmp_path))

@@ -1,15 +1,16 @@
-"""KITTI loaders on a tiny generated tree, and the velodyne ground-truth export."""
+"""KITTI loaders on a tiny generated tree (missing neighbours under both policies, truncated
+and corrupt images as one-line errors through the pipeline), and the velodyne GT export."""
 
 import os
 import shutil
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from mal_jax.data import kitti, kitti_gt, pipeline
 from mal_jax.data import masks as masks_lib
+from mal_jax.studies.kitti_tree import write_kitti_like_tree
 
 H, W = 32, 96
 RAW = (60, 200)
@@ -19,7 +20,7 @@ DRIVE = "2011_09_26/2011_09_26_drive_0001_sync"
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("kitti"))
-    split = kitti.write_kitti_like_tree(
+    split = write_kitti_like_tree(
         root, frames_per_drive=5, image_size=RAW, with_velodyne=True
     )
     return root, split
@@ -35,7 +36,7 @@ def _image(root, frame, camera=2):
 
 
 def _samples(source, epoch=0):
-    return list(pipeline.source_dataset(source, epoch).as_numpy_iterator())
+    return list(pipeline.numpy_batches(source, pipeline.source_dataset(source, epoch)))
 
 
 def test_shapes_intrinsics_and_pil_resize(tree):
@@ -113,7 +114,7 @@ def test_flip_consistency_frames_masks_k(tree, tmp_path):
 
 def test_augmentation_identical_across_frames(tmp_path):
     root = str(tmp_path)
-    kitti.write_kitti_like_tree(root, frames_per_drive=3, image_size=RAW)
+    write_kitti_like_tree(root, frames_per_drive=3, image_size=RAW)
     for frame in (0, 2):  # make all three frames the same picture
         shutil.copyfile(_image(root, 1), _image(root, frame))
     split = _write_split(tmp_path / "s.txt", [f"{DRIVE} 1 l"])
@@ -127,43 +128,75 @@ def test_augmentation_identical_across_frames(tmp_path):
     assert 0 < jittered < 8
 
 
-def test_sequence_boundary_policies(tree, tmp_path):
+def _one_line(error_info) -> str:
+    message = str(error_info.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_missing_neighbour_black_and_error_policies(tree, tmp_path):
     root, _ = tree
     split = _write_split(tmp_path / "edge.txt", [f"{DRIVE} 0 l", f"{DRIVE} 4 l"])
-    zeros = _samples(kitti.kitti_source(root, split, height=H, width=W, train=True))
-    np.testing.assert_array_equal(zeros[0]["frames"][0], 0.0)  # frame -1 of frame 0
-    np.testing.assert_array_equal(zeros[0]["frames_aug"][0], 0.0)
-    np.testing.assert_array_equal(zeros[1]["frames"][2], 0.0)  # frame +1 of the last frame
-    assert zeros[0]["frames"][1].max() > 0
-    static = _samples(
-        kitti.kitti_source(root, split, height=H, width=W, train=False, missing_neighbour="static")
-    )
-    np.testing.assert_array_equal(static[0]["frames"][0], static[0]["frames"][1])
+    black = _samples(kitti.kitti_source(root, split, height=H, width=W, train=True))
+    np.testing.assert_array_equal(black[0]["frames"][0], 0.0)  # frame -1 of frame 0
+    np.testing.assert_array_equal(black[0]["frames_aug"][0], 0.0)
+    np.testing.assert_array_equal(black[0]["instance_class"][0], -1)  # empty masks
+    np.testing.assert_array_equal(black[1]["frames"][2], 0.0)  # frame +1 of the last frame
+    assert black[0]["frames"][1].max() > 0 and black[1]["frames"][1].max() > 0
+    assert black[0]["frames"][2].max() > 0  # the neighbour that exists is read
+    refused = kitti.kitti_source(root, split, height=H, width=W, missing_neighbour="error")
     with pytest.raises(
-        tf.errors.OpError, match=r"-000000001\.jpg: neighbour image missing.*split line 1"
-    ):
-        _samples(kitti.kitti_source(root, split, height=H, width=W, missing_neighbour="error"))
+        FileNotFoundError, match=r"-000000001\.jpg: neighbour image missing.*split line 1 "
+    ) as error:
+        list(pipeline.train_batches(refused, batch_size=1, num_epochs=1))
+    _one_line(error)
+    with pytest.raises(ValueError, match="missing_neighbour must be one of"):
+        kitti.kitti_source(root, split, height=H, width=W, missing_neighbour="static")
 
 
 def test_missing_target_and_corrupt_file_errors_name_file_and_line(tree, tmp_path):
     root, _ = tree
     split = _write_split(tmp_path / "bad.txt", [f"{DRIVE} 2 l", f"{DRIVE} 9 l"])
     with pytest.raises(
-        tf.errors.OpError,
-        match=r"0000000009\.jpg: target image missing.*"
-        r"split line 2 .*drive_0001_sync 9 l",
-    ):
+        FileNotFoundError,
+        match=r"0000000009\.jpg: target image missing.*split line 2 .*drive_0001_sync 9 l",
+    ) as error:
         _samples(kitti.kitti_source(root, split, height=H, width=W))
-    corrupt_root = str(tmp_path / "corrupt")
-    kitti.write_kitti_like_tree(corrupt_root, frames_per_drive=3, image_size=RAW)
-    data = open(_image(corrupt_root, 1), "rb").read()
-    with open(_image(corrupt_root, 1), "wb") as handle:
-        handle.write(data[: len(data) // 3])
-    split = _write_split(tmp_path / "c.txt", [f"{DRIVE} 1 l"])
-    with pytest.raises(tf.errors.OpError, match=r"0000000001\.jpg: cannot decode.*split line 1"):
-        _samples(kitti.kitti_source(corrupt_root, split, height=H, width=W))
+    _one_line(error)
     with pytest.raises(ValueError, match=r"c2\.txt:1: expected"):
         kitti.read_split_file(_write_split(tmp_path / "c2.txt", [f"{DRIVE} 1"]))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_jpeg_is_one_line_through_the_training_pipeline(tmp_path, damage):
+    root = str(tmp_path / "tree")
+    split = write_kitti_like_tree(root, frames_per_drive=4, image_size=RAW)  # lines 1, 2
+    data = open(_image(root, 3), "rb").read()
+    with open(_image(root, 3), "wb") as handle:  # frame +1 of split line 2
+        handle.write(data[: len(data) // 3] if damage == "truncated" else b"not a jpeg" * 50)
+    source = kitti.kitti_source(root, split, height=H, width=W)
+    with pytest.raises(
+        ValueError, match=r"0000000003\.jpg: cannot decode image .*split line 2 of .*train_files"
+    ) as error:
+        list(pipeline.train_batches(source, batch_size=2, num_epochs=1))
+    _one_line(error)
+    target_split = _write_split(tmp_path / "s3.txt", [f"{DRIVE} 3 l"])  # frame 3 as frame 0
+    evaluation = kitti.kitti_eval_source(
+        root, target_split, _gt_file(tmp_path, 1), height=H, width=W
+    )
+    with pytest.raises(
+        ValueError, match=r"0000000003\.jpg: cannot decode image .*split line 1 of .*s3\.txt"
+    ) as error:
+        list(pipeline.eval_batches(evaluation, batch_size=1))
+    _one_line(error)
+
+
+def _gt_file(tmp_path, count: int) -> str:
+    path = str(tmp_path / f"gt{count}.npz")
+    maps = np.empty(count, object)
+    maps[:] = [np.ones(RAW, np.float32) for _ in range(count)]
+    np.savez(path, data=maps)
+    return path
 
 
 def test_eval_pairs_with_gt_and_fallback(tree, tmp_path):
@@ -171,19 +204,17 @@ def test_eval_pairs_with_gt_and_fallback(tree, tmp_path):
     split = _write_split(tmp_path / "test.txt", [f"{DRIVE} 0 l", f"{DRIVE} 3 l"])
     gt_file = str(tmp_path / "gt.npz")
     kitti_gt.export_gt(root, split, gt_file)
-    source = kitti.kitti_eval_source(
-        root, split, gt_file, height=H, width=W, missing_neighbour="static"
-    )
+    source = kitti.kitti_eval_source(root, split, gt_file, height=H, width=W)
     samples = _samples(source)
     data = np.load(gt_file, allow_pickle=True)["data"]
     assert samples[1]["frames"].shape == (2, H, W, 3)
-    np.testing.assert_array_equal(samples[0]["frames"][0], samples[0]["frames"][1])
+    np.testing.assert_array_equal(samples[0]["frames"][0], 0.0)  # frame -1 of frame 0: black
     expected_prev = (
         Image.open(_image(root, 2)).convert("RGB").resize((W, H), Image.Resampling.LANCZOS)
     )
     np.testing.assert_array_equal(np.round(samples[1]["frames"][0] * 255), expected_prev)
     np.testing.assert_array_equal(samples[1]["depth_gt"], data[1])
-    assert samples[1]["depth_gt"].shape == RAW and kitti.gt_shapes(gt_file) == [RAW, RAW]
+    assert samples[1]["depth_gt"].shape == RAW and source.depth_gt_shapes == (RAW, RAW)
     batches = list(pipeline.eval_batches(source, batch_size=2))
     assert batches[0]["depth_gt"].shape == (2, *RAW)
 

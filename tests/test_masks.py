@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from mal_jax.data import kitti
+from mal_jax.data import kitti, masks_cli
 from mal_jax.data import masks as M
+from mal_jax.studies.kitti_tree import write_kitti_like_tree
 
 
 def test_select_keeps_top_scores_present_and_renumbers():
@@ -52,14 +53,14 @@ def test_modes_missing_and_bad_files(tmp_path):
 
 def test_validate_command_reports_each_problem(tmp_path, capsys):
     root = str(tmp_path)
-    split = kitti.write_kitti_like_tree(root, frames_per_drive=4, image_size=(20, 30))
+    split = write_kitti_like_tree(root, frames_per_drive=4, image_size=(20, 30))
     images = kitti.split_image_paths(root, split)
     masks_root = M.default_masks_root(root)
     for image in sorted(set(images)):
         M.write_mask_file(
             M.mask_path_for(image, root, masks_root), np.ones((20, 30), np.uint8), [1], [0.5]
         )
-    assert M.main(["validate", "--root", root, "--split_file", split]) == 0
+    assert masks_cli.main(["validate", "--root", root, "--split_file", split]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "mask_problems 0"
 
     drive = "2011_09_26/2011_09_26_drive_0001_sync/image_02/data"
@@ -83,7 +84,7 @@ def test_validate_command_reports_each_problem(tmp_path, capsys):
         scores=np.ones(1, np.float32),
     )
     os.remove(bad[3])
-    assert M.main(["validate", "--root", root, "--split_file", split]) == 1
+    assert masks_cli.main(["validate", "--root", root, "--split_file", split]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == "mask_problems 4"
     assert any(
@@ -95,3 +96,10 @@ def test_validate_command_reports_each_problem(tmp_path, capsys):
         for line in lines
     )
     assert any(line.startswith(bad[3]) and "mask file missing" in line for line in lines)
+    # Evaluation pairs (frames -1, 0 of split frames 1 and 2) never need frame 3's mask.
+    args = ["validate", "--root", root, "--split_file", split, "--split", "eval"]
+    assert masks_cli.main(args) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "mask_problems 3" and not any(bad[3] in line for line in lines)
+    with pytest.raises(SystemExit, match="invalid choice|2"):
+        masks_cli.main(["validate", "--root", root, "--split_file", split, "--dataset", "x"])

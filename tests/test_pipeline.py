@@ -1,10 +1,12 @@
-"""Pipeline: sharding covers the split once, seeded order, resume position, generic datasets."""
+"""Pipeline: sharding covers the split once, seeded order, resume position, generic datasets,
+loader errors surfacing as themselves, and the loader benchmark command."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from mal_jax.data import pipeline, transforms
+from mal_jax.studies import bench_pipeline
 
 
 def _toy_source(num_samples=23, seed=0):
@@ -114,24 +116,34 @@ def test_generic_dataset_sharded_batched_and_resumable():
 
 
 def test_bench_command_prints_rate(capsys):
-    assert (
-        pipeline.main(
-            [
-                "--bench",
-                "--height",
-                "32",
-                "--width",
-                "96",
-                "--batch_size",
-                "2",
-                "--steps",
-                "2",
-                "--num_images",
-                "8",
-            ]
-        )
-        == 0
-    )
+    args = ["--height", "32", "--width", "96", "--batch_size", "2", "--steps", "2"]
+    assert bench_pipeline.main([*args, "--num_images", "8"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     name, value = last.split()
     assert name == "pipeline_samples_per_s" and float(value) > 0
+
+
+def _failing_source(bad_index: int, error: Exception) -> pipeline.IndexedSource:
+    def read(index):
+        if index == bad_index:
+            raise error
+        return {"value": np.float32(index)}
+
+    return pipeline.IndexedSource(
+        name="failing", num_samples=6, read=read,
+        signature={"value": (tf.float32, ())}, finish=lambda raw, key: raw,
+    )
+
+
+def test_host_error_reaches_the_caller_as_itself():
+    error = ValueError("/data/x.jpg: cannot decode image (truncated) (split line 5 of s.txt: 'x')")
+    source = _failing_source(4, error)
+    with pytest.raises(ValueError) as raised:
+        list(pipeline.eval_batches(source, batch_size=2))
+    assert raised.value is error and "\n" not in str(raised.value)
+    assert source.host_errors.pop() is None  # consumed: a later iteration is not blamed
+    clean = _failing_source(99, error)
+    assert len(list(pipeline.train_batches(clean, batch_size=2, num_epochs=1))) == 3
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        list(pipeline.train_batches(_failing_source(0, FileNotFoundError("gone.png")),
+                                    batch_size=3, num_epochs=1))

@@ -267,3 +267,14 @@ def test_bad_arguments_raise_clear_errors():
         synthetic.render_sample("train", 0, offsets=(-2, 0), **SMALL)
     with pytest.raises(ValueError, match="height and width"):
         synthetic.render_sample("train", 0, height=4, width=160)
+
+
+def test_render_bench_command_prints_rates(capsys):
+    from mal_jax.studies import bench_synthetic
+
+    bench_synthetic.main(["--height", "32", "--width", "64", "--frames", "3"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("rendered 3 frames at 32x64")
+    for line, name in zip(lines[-2:], ("wall_clock_fps", "synthetic_fps"), strict=True):
+        key, value = line.split()
+        assert key == name and float(value) > 0

@@ -21,8 +21,8 @@ Evaluation (``cityscapes_eval_source``), split lines ``<city> <city>_<seq>_<fram
   position), cropped to its top ``round(0.75 h)`` rows like the reference's evaluation. The
   reference's final centre crop ([256:, 192:1856] of that) belongs to the metric code.
 
-The latest reference raises when frame -1 is missing, so ``missing_neighbour="error"`` is the
-evaluation default here.
+The latest reference raises when frame -1 is missing, so ``missing_neighbour="error"`` is this
+function's default; configs pass ``data.missing_neighbour`` (see ``frame_reader``).
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from mal_jax.data import kitti, pipeline, transforms
+from mal_jax.data import frame_reader, pipeline, transforms
 from mal_jax.data import masks as masks_lib
+from mal_jax.data.frame_reader import SplitLine
 
 
-def read_city_split(path: str) -> list[kitti.SplitLine]:
+def read_city_split(path: str) -> list[SplitLine]:
     """Parse ``<city> <frame name>`` lines (frame name kept in ``folder``'s place)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: split file missing")
@@ -51,7 +52,7 @@ def read_city_split(path: str) -> list[kitti.SplitLine]:
             parts = text.split()
             if len(parts) != 2:
                 raise ValueError(f"{path}:{number}: expected '<city> <frame name>', got '{text}'")
-            lines.append(kitti.SplitLine(parts[0], 0, parts[1], number, text, path))
+            lines.append(SplitLine(parts[0], 0, parts[1], number, text, path))
     if not lines:
         raise ValueError(f"{path}: split file has no lines")
     return lines
@@ -64,7 +65,7 @@ def _normalised_k(fx, fy, u0, v0, width, height) -> np.ndarray:
     return k
 
 
-def triplet_paths(root: str, line: kitti.SplitLine) -> tuple[str, str]:
+def triplet_paths(root: str, line: SplitLine) -> tuple[str, str]:
     city, name = line.folder, line.side
     return (os.path.join(root, city, f"{name}.jpg"), os.path.join(root, city, f"{name}_cam.txt"))
 
@@ -105,22 +106,11 @@ def cityscapes_source(
         line = lines[index]
         context = line.context()
         image_path, camera_path = triplet_paths(root, line)
-        if not os.path.isfile(image_path):
-            raise FileNotFoundError(f"{image_path}: image missing{context}")
-        try:
-            with open(image_path, "rb") as handle, Image.open(handle) as image:
-                strip = np.asarray(image.convert("RGB"))
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"{image_path}: cannot decode image ({error}){context}") from error
+        strip = frame_reader.decode_rgb(image_path, context)
         third = strip.shape[1] // 3
         columns = [slice(0, third), slice(third, 2 * third), slice(2 * third, None)]
         frames = np.stack(
-            [
-                np.asarray(
-                    Image.fromarray(strip[:, c]).resize((width, height), Image.Resampling.LANCZOS)
-                )
-                for c in columns
-            ]
+            [frame_reader.resize_lanczos(strip[:, c], height, width) for c in columns]
         )
         mask_path = masks_lib.mask_path_for(image_path, root, masks_root)
         frame_masks = [
@@ -150,8 +140,8 @@ def cityscapes_source(
         name="cityscapes_train" if train else "cityscapes_triplets",
         num_samples=len(lines),
         read=read,
-        signature=kitti.frame_signature(3, height, width, max_instances),
-        finish=kitti.make_finish(
+        signature=frame_reader.frame_signature(3, height, width, max_instances),
+        finish=frame_reader.make_finish(
             train=train, max_instances=max_instances, flip_intrinsics=flip_intrinsics
         ),
         seed=seed,
@@ -163,7 +153,7 @@ def previous_frame_name(name: str, offset: int = -2) -> str:
     return f"{city}_{sequence}_{int(number) + offset:06d}"
 
 
-def eval_paths(root: str, line: kitti.SplitLine, split: str = "test") -> dict:
+def eval_paths(root: str, line: SplitLine, split: str = "test") -> dict:
     city, name = line.folder, line.side
     prev = previous_frame_name(name)
     return {
@@ -211,26 +201,15 @@ def cityscapes_eval_source(
     width: int,
     split: str = "test",
     max_instances: int = 16,
-    masks: str = "off",
-    masks_root: str | None = None,
     missing_neighbour: str = "error",
     gt_size: tuple[int, int] = (1024, 2048),
 ) -> pipeline.IndexedSource:
-    """Evaluation pairs (-1, 0) with cropped ``depth_gt`` of ``gt_size`` (before the crop)."""
-    if missing_neighbour not in kitti.NEIGHBOUR_POLICIES:
-        raise ValueError(
-            f"missing_neighbour must be one of {kitti.NEIGHBOUR_POLICIES}, "
-            f"got {missing_neighbour!r}"
-        )
+    """Evaluation pairs (-1, 0) with cropped ``depth_gt`` of ``gt_size`` (before the crop).
+    Evaluation reads no instance masks."""
+    frame_reader.check_policy(missing_neighbour)
     lines = read_city_split(split_file)
-    spec = kitti.FrameSpec(
-        root,
-        height,
-        width,
-        ".png",
-        max_instances,
-        masks,
-        masks_root or masks_lib.default_masks_root(root),
+    spec = frame_reader.FrameSpec(
+        root, height, width, max_instances, "off", masks_lib.default_masks_root(root)
     )
     gt_rows = int(round(gt_size[0] * 0.75))
 
@@ -238,7 +217,7 @@ def cityscapes_eval_source(
         line = lines[index]
         context = line.context()
         paths = eval_paths(root, line, split)
-        out = kitti.read_frames(
+        out = frame_reader.read_frames(
             spec, [paths["previous"], paths["target"]], missing_neighbour, context, cut=_crop_rows
         )
         with Image.open(paths["target"]) as image:
@@ -254,12 +233,12 @@ def cityscapes_eval_source(
             raise ValueError(f"{gt_path}: shape {depth.shape}, expected {tuple(gt_size)}{context}")
         return {**out, "K": k_pyramid, "inv_K": inv_k, "depth_gt": depth[:gt_rows]}
 
-    signature = kitti.frame_signature(2, height, width, max_instances)
+    signature = frame_reader.frame_signature(2, height, width, max_instances)
     signature["depth_gt"] = (tf.float32, (gt_rows, gt_size[1]))
     return pipeline.IndexedSource(
         name="cityscapes_eval",
         num_samples=len(lines),
         read=read,
         signature=signature,
-        finish=kitti.make_finish(train=False, max_instances=max_instances),
+        finish=frame_reader.make_finish(train=False, max_instances=max_instances),
     )

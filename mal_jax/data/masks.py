@@ -1,4 +1,4 @@
-"""Precomputed per-frame instance masks: on-disk format, padded loader, validator command.
+"""Precomputed per-frame instance masks: on-disk format and padded loader.
 
 Format (one ``.npz`` per raw image file, path mirroring the image path under a masks root,
 by default ``<data root>/instance_masks``; e.g. the mask of
@@ -18,16 +18,12 @@ the frame (ties: lower id first), numbers them 1..K by descending score, resizes
 to the training resolution with nearest neighbour (pixel-centre aligned, like the image
 resize) and pads ``classes``/``scores`` with -1 / 0.
 
-Command: ``python -m mal_jax.data.masks validate --root DIR --split_file FILE
-[--dataset kitti|cityscapes_preprocessed|cityscapes] [--masks_root DIR] [--img_ext .jpg]``
-prints one line per problem naming the file; exit status 1 when there is any.
+The command that checks every mask file of a split is ``python -m mal_jax.data.masks_cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import zipfile
 
 import numpy as np
@@ -50,19 +46,21 @@ def mask_path_for(image_path: str, data_root: str, masks_root: str) -> str:
     return os.path.join(masks_root, os.path.splitext(relative)[0] + ".npz")
 
 
-def read_mask_file(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, classes, scores) of one mask file; MaskFileError naming the file otherwise."""
+def load_mask_arrays(path: str) -> dict:
+    """The arrays of one mask file as stored (unchecked); MaskFileError naming the file when it
+    is missing or unreadable."""
     if not os.path.isfile(path):
         raise MaskFileError(f"{path}: mask file missing")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {
-                name: archive[name]
-                for name in ("ids", "classes", "scores")
-                if name in archive.files
-            }
+            return {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise MaskFileError(f"{path}: unreadable mask file ({error})") from error
+
+
+def read_mask_file(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, classes, scores) of one mask file; MaskFileError naming the file otherwise."""
+    arrays = load_mask_arrays(path)
     problems = format_problems(arrays)
     if problems:
         raise MaskFileError(f"{path}: {problems[0]}")
@@ -171,90 +169,3 @@ def write_mask_file(path: str, ids: np.ndarray, classes, scores) -> None:
         classes=np.asarray(classes, np.int32),
         scores=np.asarray(scores, np.float32),
     )
-
-
-def validate(
-    root: str,
-    split_file: str,
-    *,
-    dataset: str = "kitti",
-    masks_root: str | None = None,
-    img_ext: str = ".jpg",
-) -> list[str]:
-    """One message per problem across every mask file the split's training frames need."""
-    from PIL import Image
-
-    masks_root = masks_root or default_masks_root(root)
-    images = _split_images(root, split_file, dataset, img_ext)
-    problems = []
-    for image_path in images:
-        mask_path = mask_path_for(image_path, root, masks_root)
-        if not os.path.isfile(mask_path):
-            problems.append(f"{mask_path}: mask file missing (image {image_path})")
-            continue
-        try:
-            with np.load(mask_path, allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in archive.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-            problems.append(f"{mask_path}: unreadable mask file ({error})")
-            continue
-        try:
-            with Image.open(image_path) as image:
-                size = (image.height, image.width)
-        except OSError as error:
-            problems.append(f"{mask_path}: cannot read image {image_path} ({error})")
-            continue
-        problems.extend(f"{mask_path}: {p}" for p in format_problems(arrays, size))
-    return problems
-
-
-def _split_images(root: str, split_file: str, dataset: str, img_ext: str) -> list[str]:
-    """Distinct existing image files behind every frame of every split line."""
-    if dataset == "kitti":
-        from mal_jax.data import kitti
-
-        paths = kitti.split_image_paths(root, split_file, img_ext=img_ext)
-    elif dataset == "cityscapes_preprocessed":
-        from mal_jax.data import cityscapes
-
-        paths = cityscapes.triplet_image_paths(root, split_file)
-    elif dataset == "cityscapes":
-        from mal_jax.data import cityscapes
-
-        paths = cityscapes.eval_image_paths(root, split_file)
-    else:
-        raise ValueError(
-            f"--dataset must be kitti, cityscapes_preprocessed or cityscapes, got {dataset!r}"
-        )
-    return sorted({p for p in paths if os.path.isfile(p)})
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mal_jax.data.masks")
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("validate", help="check every mask file of a split")
-    check.add_argument("--root", required=True, help="dataset root (images)")
-    check.add_argument("--split_file", required=True)
-    check.add_argument(
-        "--dataset", default="kitti", choices=["kitti", "cityscapes_preprocessed", "cityscapes"]
-    )
-    check.add_argument(
-        "--masks_root", default=None, help=f"default: <root>/{DEFAULT_MASKS_DIRNAME}"
-    )
-    check.add_argument("--img_ext", default=".jpg", help="KITTI image extension")
-    args = parser.parse_args(argv)
-    problems = validate(
-        args.root,
-        args.split_file,
-        dataset=args.dataset,
-        masks_root=args.masks_root,
-        img_ext=args.img_ext,
-    )
-    for line in problems:
-        print(line)
-    print(f"mask_problems {len(problems)}")
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,18 +14,16 @@ Two kinds of input are accepted:
 step 0 would be: the data position of a resumed run. Training drops the remainder (per host,
 every host gets the same number of batches); evaluation keeps every sample exactly once.
 
-Command: ``python -m mal_jax.data.pipeline --bench [--height 192 --width 640 --batch_size 12
---steps 20]`` builds a KITTI-shaped tree in a temporary folder and prints samples/s; the last line
-is ``pipeline_samples_per_s <value>``.
+A loader error inside ``read`` (missing or corrupt file: one line naming the file and the split
+line) reaches the caller of ``train_batches``/``eval_batches`` as that same Python exception,
+not as the TensorFlow error that wraps it. The loader throughput benchmark is
+``python -m mal_jax.studies.bench_pipeline``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
-import tempfile
-import time
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -45,11 +43,32 @@ def hide_gpus_from_tf() -> None:
 hide_gpus_from_tf()
 
 
+class _FirstError:
+    """The first exception a source's host ``read`` raised, kept for the consumer thread
+    (tf.data runs ``read`` in its own threads and re-raises a wrapped, multi-line error)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+
+    def record(self, error: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = error
+
+    def pop(self) -> BaseException | None:
+        with self._lock:
+            error, self._error = self._error, None
+            return error
+
+
 @dataclasses.dataclass(frozen=True)
 class IndexedSource:
     """A split: ``read(i)`` -> dict of numpy arrays (host), ``finish(raw, key)`` -> sample.
 
     ``signature`` maps every key ``read`` returns to (tf dtype, static shape, None = dynamic).
+    ``depth_gt_shapes``: each sample's native ``depth_gt`` size where it varies (KITTI), since
+    batches zero-pad it; None where it is fixed.
     """
 
     name: str
@@ -58,13 +77,21 @@ class IndexedSource:
     signature: dict
     finish: Callable[[dict, tf.Tensor], dict]
     seed: int = 0
+    depth_gt_shapes: tuple | None = None
+    host_errors: _FirstError = dataclasses.field(
+        default_factory=_FirstError, compare=False, repr=False
+    )
 
     def load(self, index, epoch=0) -> dict:
         """Graph-mode: one finished sample in the common format."""
         names = sorted(self.signature)
 
         def host(i):
-            raw = self.read(int(i))
+            try:
+                raw = self.read(int(i))
+            except Exception as error:
+                self.host_errors.record(error)
+                raise
             return [np.asarray(raw[name], self.signature[name][0].as_numpy_dtype) for name in names]
 
         values = tf.numpy_function(
@@ -76,6 +103,26 @@ class IndexedSource:
             raw[name] = value
         raw["index"] = tf.cast(index, tf.int64)
         return self.finish(raw, transforms.sample_key(self.seed, epoch, index))
+
+
+def numpy_batches(data, ds: tf.data.Dataset) -> Iterator[dict]:
+    """``ds.as_numpy_iterator()``; a host error of ``data`` (an IndexedSource) surfaces as the
+    loader's own exception, whose message names the file and the split line."""
+    errors = data.host_errors if isinstance(data, IndexedSource) else None
+    if errors is not None:
+        errors.pop()  # a stale error of an abandoned iteration (prefetch ran ahead) is not ours
+    iterator = ds.as_numpy_iterator()
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError:
+            original = errors.pop() if errors is not None else None
+            if original is None:
+                raise
+            raise original.with_traceback(None) from None
+        yield batch
 
 
 def source_dataset(
@@ -208,7 +255,7 @@ def train_batches(
             start_batch=offset,
             shuffle_buffer=shuffle_buffer,
         )
-        yield from ds.prefetch(prefetch).as_numpy_iterator()
+        yield from numpy_batches(data, ds.prefetch(prefetch))
         epoch, offset = epoch + 1, 0
 
 
@@ -219,7 +266,7 @@ def eval_batches(
 
     Batches are padded per batch where a key's shape varies (KITTI's ground truth differs in
     size between drives): the padding is 0 (invalid depth); recover each map's true size from
-    ``index`` (e.g. ``kitti.gt_shapes``).
+    ``index`` (``data.depth_gt_shapes[index]``).
     """
     ds = epoch_dataset(
         data,
@@ -231,54 +278,4 @@ def eval_batches(
         process_count=process_count,
         drop_remainder=False,
     )
-    return ds.prefetch(prefetch).as_numpy_iterator()
-
-
-def _bench(height: int, width: int, batch_size: int, steps: int, num_images: int) -> float:
-    from mal_jax.data import kitti
-
-    with tempfile.TemporaryDirectory() as root:
-        split = kitti.write_kitti_like_tree(
-            root, num_drives=2, frames_per_drive=num_images // 2, image_size=(375, 1242)
-        )
-        source = kitti.kitti_source(root, split, height=height, width=width, train=True)
-        per_epoch = steps_per_epoch(source.num_samples, batch_size)
-        num_epochs = -(-(steps + 1) // max(per_epoch, 1))
-        # A finite run, consumed to the end, so no prefetch thread outlives the temporary tree.
-        timed = 0
-        for step, _ in enumerate(
-            train_batches(source, batch_size=batch_size, seed=0, num_epochs=num_epochs)
-        ):
-            if step == 0:  # warm-up: graph tracing and thread pools
-                start = time.perf_counter()
-            elif step <= steps:
-                timed, elapsed = step, time.perf_counter() - start
-    return timed * batch_size / elapsed
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mal_jax.data.pipeline")
-    parser.add_argument("--bench", action="store_true", help="measure KITTI loader throughput")
-    parser.add_argument("--height", type=int, default=192)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--batch_size", type=int, default=12)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--num_images", type=int, default=64)
-    args = parser.parse_args(argv)
-    if not args.bench:
-        parser.error("nothing to do: pass --bench")
-    rate = _bench(args.height, args.width, args.batch_size, args.steps, args.num_images)
-    print(
-        f"KITTI-shaped jpg 375x1242 -> {args.height}x{args.width}, batch {args.batch_size}, "
-        f"{args.steps} steps"
-    )
-    print(f"pipeline_samples_per_s {rate:.1f}")
-    return 0
-
-
-if __name__ == "__main__":
-    # Run the imported module's main: under ``-m`` this file is ``__main__``, whose
-    # IndexedSource class is not the one the loaders build.
-    from mal_jax.data import pipeline as _pipeline
-
-    sys.exit(_pipeline.main())
+    return numpy_batches(data, ds.prefetch(prefetch))

@@ -1,8 +1,9 @@
-"""Pick the training and evaluation sources a config asks for.
+"""Each dataset's training and evaluation source, built from the config.
 
-Every source is a ``pipeline.IndexedSource`` yielding the common sample format, so the
-trainer, the evaluator and the benchmarks treat the embedded scenes, KITTI and Cityscapes
-alike.
+One builder per dataset and role; ``registry.DATASETS`` names them. Every source is a
+``pipeline.IndexedSource`` yielding the common sample format, so the trainer, the evaluator
+and the benchmarks treat the embedded scenes, KITTI and Cityscapes alike. Evaluation sources
+read no instance masks (scoring does not use them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import tensorflow as tf
 from mal_jax.data import cityscapes, kitti, pipeline, synthetic, transforms
 
 
-def _mask_policy(config: ml_collections.ConfigDict) -> str:
+def mask_mode(config: ml_collections.ConfigDict) -> str:
+    """``masks.MASK_MODES`` entry for training: masks on disk are required once configured."""
     return "required" if config.data.masks_root else "off"
 
 
@@ -46,42 +48,49 @@ def _synthetic_source(config, split: str, train: bool, height: int, width: int
                                   signature=signature, finish=finish, seed=config.training.seed)
 
 
-def train_source(config: ml_collections.ConfigDict) -> pipeline.IndexedSource:
-    """The training split of ``config.data.dataset``."""
-    data = config.data
-    if data.dataset == "synthetic":
-        return _synthetic_source(config, "train", True, data.height, data.width)
-    common = dict(height=data.height, width=data.width, seed=config.training.seed,
-                  max_instances=data.max_instances, masks=_mask_policy(config),
-                  masks_root=data.masks_root or None)
-    if data.dataset == "kitti":
-        return kitti.kitti_source(data.root, data.train_split_file, train=data.augment,
-                                  img_ext=data.img_ext, **common)
-    if data.dataset == "cityscapes":
-        return cityscapes.cityscapes_source(data.root, data.train_split_file,
-                                            train=data.augment, **common)
-    raise ValueError(f"config.data.dataset={data.dataset!r}: expected synthetic, kitti or "
-                     "cityscapes")
+def synthetic_train(config: ml_collections.ConfigDict) -> pipeline.IndexedSource:
+    return _synthetic_source(config, "train", True, config.data.height, config.data.width)
 
 
-def eval_source(config: ml_collections.ConfigDict, *, height: int | None = None,
-                width: int | None = None, missing_neighbour: str = "static"
-                ) -> pipeline.IndexedSource:
-    """The evaluation split (frames -1 and 0, ground truth) of ``config.data.dataset``, at
-    ``height`` x ``width`` (default: the training size). ``missing_neighbour`` is what replaces
-    a missing frame -1 (see kitti.NEIGHBOUR_POLICIES)."""
+def synthetic_eval(config: ml_collections.ConfigDict, height: int, width: int
+                   ) -> pipeline.IndexedSource:
+    return _synthetic_source(config, "test", False, height, width)
+
+
+def _disk_train_options(config: ml_collections.ConfigDict) -> dict:
     data = config.data
-    height, width = height or data.height, width or data.width
-    if data.dataset == "synthetic":
-        return _synthetic_source(config, "test", False, height, width)
-    common = dict(height=height, width=width, max_instances=data.max_instances,
-                  masks=_mask_policy(config), masks_root=data.masks_root or None,
-                  missing_neighbour=missing_neighbour)
-    if data.dataset == "kitti":
-        return kitti.kitti_eval_source(data.root, data.eval_split_file, data.gt_depth_file,
-                                       img_ext=data.img_ext, **common)
-    if data.dataset == "cityscapes":
-        return cityscapes.cityscapes_eval_source(data.root, data.eval_split_file,
-                                                 data.gt_depth_file, **common)
-    raise ValueError(f"config.data.dataset={data.dataset!r}: expected synthetic, kitti or "
-                     "cityscapes")
+    return dict(height=data.height, width=data.width, seed=config.training.seed,
+                max_instances=data.max_instances, masks=mask_mode(config),
+                masks_root=data.masks_root or None, train=data.augment)
+
+
+def kitti_train(config: ml_collections.ConfigDict) -> pipeline.IndexedSource:
+    data = config.data
+    return kitti.kitti_source(data.root, data.train_split_file, img_ext=data.img_ext,
+                              missing_neighbour=data.missing_neighbour,
+                              **_disk_train_options(config))
+
+
+def kitti_eval(config: ml_collections.ConfigDict, height: int, width: int
+               ) -> pipeline.IndexedSource:
+    data = config.data
+    return kitti.kitti_eval_source(data.root, data.eval_split_file, data.gt_depth_file,
+                                   height=height, width=width, img_ext=data.img_ext,
+                                   max_instances=data.max_instances,
+                                   missing_neighbour=data.missing_neighbour)
+
+
+def cityscapes_train(config: ml_collections.ConfigDict) -> pipeline.IndexedSource:
+    # The preprocessed triplets hold all three frames in one file: no neighbour can be missing.
+    data = config.data
+    return cityscapes.cityscapes_source(data.root, data.train_split_file,
+                                        **_disk_train_options(config))
+
+
+def cityscapes_eval(config: ml_collections.ConfigDict, height: int, width: int
+                    ) -> pipeline.IndexedSource:
+    data = config.data
+    return cityscapes.cityscapes_eval_source(data.root, data.eval_split_file,
+                                             data.gt_depth_file, height=height, width=width,
+                                             max_instances=data.max_instances,
+                                             missing_neighbour=data.missing_neighbour)

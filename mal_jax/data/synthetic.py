@@ -1,4 +1,4 @@
-"""The embedded procedural driving-scene dataset: samples, a tf.data source and a benchmark.
+"""The embedded procedural driving-scene dataset: samples and a tf.data source.
 
 Sample ``index`` of a split maps deterministically to (sequence, target frame): sequence ``s``
 is generated from the seed words (tag, seed, split id, s), so splits never share a scene and any
@@ -8,14 +8,12 @@ moving_mask, cam_T_cam, index); ``render_sample(..., extras=True)`` adds ground 
 tests and analysis.  Instance classes: 0 = car, 1 = pedestrian; parked cars and standing
 pedestrians are instances that do not move.
 
-Benchmark: ``python -m mal_jax.data.synthetic --bench`` (last line ``synthetic_fps <value>``).
+Rendering speed: ``python -m mal_jax.studies.bench_synthetic``.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import time
 
 import numpy as np
 
@@ -291,41 +289,3 @@ def synthetic_dataset(
     if num_parallel_calls is None:
         return indices.map(to_dict)
     return indices.map(to_dict, num_parallel_calls=num_parallel_calls, deterministic=True)
-
-
-def benchmark(height: int = 96, width: int = 320, num_frames: int = 96) -> tuple[float, float]:
-    """(wall-clock, process-CPU) frames per second of rendering distinct frames.
-
-    Scene generation is included.  The CPU figure is the one-core throughput even when other
-    processes share the machine (numpy runs these ops on one thread).
-    """
-    render_frame("train", 10_000, 0, height=height, width=width)  # warm imports and caches
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(num_frames):
-        sequence, frame = divmod(i, SEQUENCE_LENGTH)
-        _cached_view.__wrapped__("train", sequence, 0, frame, height, width)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return num_frames / wall, num_frames / max(cpu, 1e-9)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", action="store_true", help="measure rendering frames/s")
-    parser.add_argument("--height", type=int, default=96)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--frames", type=int, default=96)
-    args = parser.parse_args(argv)
-    if not args.bench:
-        parser.print_help()
-        return
-    wall_fps, cpu_fps = benchmark(args.height, args.width, args.frames)
-    print(
-        f"rendered {args.frames} frames at {args.height}x{args.width}: "
-        f"{1000.0 / cpu_fps:.1f} ms CPU per frame, {1000.0 / wall_fps:.1f} ms wall per frame"
-    )
-    print(f"wall_clock_fps {wall_fps:.1f}")
-    print(f"synthetic_fps {cpu_fps:.1f}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,67 +1,43 @@
-"""Depth evaluation of a ManyDepth/MAL checkpoint: multi-frame model and single-frame teacher.
+"""Depth evaluation of a ManyDepth/MAL model: multi-frame model and single-frame teacher.
 
 Follows ManyDepth's ``evaluate_depth.py``: the lookup frame is frame -1, its pose comes from
 the pose net on (frame -1, frame 0), inverted; the cost volume spans the checkpoint's adaptive
-depth bins; disparities are mapped to depth with the preset's range, resized to the GT size,
-windowed/cropped, median scaled per image, clamped, scored per image and averaged over images.
+depth bins; disparities are mapped to depth with the preset's range (``presets``), resized to
+the GT size, windowed/cropped, median scaled per image, clamped, scored per image and averaged
+over images.
 
 One deliberate addition: where frame -1 is missing (an all-black frame from a loader), frame 0
 stands in for it and the pose net runs on (frame 0, frame 0), as the reference's
 ``--static_camera`` option does for every sample. The reference itself would match against the
 black frame.
 
-Presets bundle an ``EvalProtocol`` with the disparity-to-depth range, since the two papers
-differ there: ManyDepth converts with (0.1, 100) m, MAL's evaluator with (1e-3, 80) m.
+``Evaluator(config)`` is built once (its data source, preset and batch size);
+``evaluator.run(inference)`` scores and writes nothing; ``evaluator.write(inference, results,
+out_dir)`` writes the JSON/Markdown results and the example PNGs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from mal_jax.data import pipeline, registry
 from mal_jax.eval import metrics as metrics_lib
 from mal_jax.eval import outputs as eval_outputs
 from mal_jax.eval.inference import InferenceModelLike, make_batch_predictor, pad_batch
 from mal_jax.eval.metrics import METRIC_NAMES, EvalProtocol
+from mal_jax.eval.presets import EvalPreset, get_preset
+from mal_jax.eval.progress import track
 
 MODELS = ("multi_frame", "teacher")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalPreset:
-    """An evaluation protocol plus the disparity-to-depth range its paper evaluates with.
-
-    ``moving_block``: also report metrics over moving-object pixels (needs ``moving_mask``).
-    """
-
-    protocol: EvalProtocol
-    min_depth: float = 0.1
-    max_depth: float = 100.0
-    moving_block: bool = False
-
-
-# The embedded dataset: dense metric GT (0 on sky), no crop, ManyDepth's GT range and scaling.
-SYNTHETIC = EvalProtocol()
-
-PRESETS = {
-    "kitti_eigen": EvalPreset(metrics_lib.KITTI_EIGEN),
-    "kitti_eigen_mal": EvalPreset(metrics_lib.KITTI_EIGEN, min_depth=1e-3, max_depth=80.0),
-    "cityscapes": EvalPreset(metrics_lib.CITYSCAPES),
-    "cityscapes_mal": EvalPreset(metrics_lib.CITYSCAPES, min_depth=1e-3, max_depth=80.0),
-    "synthetic": EvalPreset(SYNTHETIC, moving_block=True),
-}
-
-
-def get_preset(name: str) -> EvalPreset:
-    if name not in PRESETS:
-        raise ValueError(f"config.evaluation.protocol={name!r}: expected one of {sorted(PRESETS)}")
-    return PRESETS[name]
 
 
 # ------------------------------------------------------------------ scoring
@@ -168,125 +144,154 @@ def _true_shape(batch: dict, row: int, gt_shapes) -> tuple[int, int]:
     return tuple(gt_shapes[int(batch["index"][row])])
 
 
+def _group_by_shape(batch: dict, gt_shapes) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, gt, moving) per distinct true GT size in the batch, unpadded to that size."""
+    count = len(batch["depth_gt"])
+    shapes = [_true_shape(batch, row, gt_shapes) for row in range(count)]
+    all_gt = np.asarray(batch["depth_gt"], np.float32)
+    all_moving = np.asarray(batch.get("moving_mask", np.zeros(all_gt.shape, bool)), bool)
+    for shape in dict.fromkeys(shapes):
+        rows = np.array([r for r in range(count) if shapes[r] == shape])
+        yield rows, all_gt[rows, : shape[0], : shape[1]], all_moving[rows, : shape[0], : shape[1]]
+
+
 def evaluate_predictions(
     batches: Iterable[dict],
     predictor: Callable[[dict], dict[str, np.ndarray]],
     preset: EvalPreset,
     *,
     batch_size: int,
-    gt_shapes: list[tuple[int, int]] | None = None,
-    image_dir: str | None = None,
-    num_images: int = 0,
+    gt_shapes: tuple | None = None,
 ) -> dict:
     """Score every batch's predictions against its ``depth_gt``; return the summary.
 
     ``gt_shapes[index]`` gives each GT's true size where batches are zero padded (KITTI); the
     images of one size are scored together, padded to ``batch_size`` so each size compiles
-    once. With ``image_dir``, the first ``num_images`` samples get colour PNGs: the input
-    frame t and each model's disparity and error.
+    once.
     """
     regions = ("all", "moving") if preset.moving_block else ("all",)
-    protocol = preset.protocol
-    score = _scorer(protocol)
+    score = _scorer(preset.protocol)
     acc = _Accumulator(regions)
     seen = fallbacks = 0
     for batch in batches:
         predictions = predictor(batch)
-        count = len(batch["depth_gt"])
-        previous, current = np.asarray(batch["frames"])[:, 0], np.asarray(batch["frames"])[:, 1]
-        # Missing frame -1: black from a "zeros" loader, or already frame 0 from a "static" one.
-        static = ~np.any(previous != 0, axis=(1, 2, 3)) | np.all(previous == current, (1, 2, 3))
-        fallbacks += int(np.sum(static))
-        shapes = [_true_shape(batch, row, gt_shapes) for row in range(count)]
-        all_gt = np.asarray(batch["depth_gt"], np.float32)
-        all_moving = np.asarray(batch.get("moving_mask", np.zeros(all_gt.shape, bool)), bool)
-        for shape in dict.fromkeys(shapes):
-            rows = np.array([r for r in range(count) if shapes[r] == shape])
-            gt = all_gt[rows, : shape[0], : shape[1]]
-            moving = all_moving[rows, : shape[0], : shape[1]]
+        # A missing frame -1 arrives black; the predictor matched frame 0 against itself.
+        fallbacks += int(np.sum(~np.any(np.asarray(batch["frames"])[:, 0] != 0, axis=(1, 2, 3))))
+        for rows, gt, moving in _group_by_shape(batch, gt_shapes):
             keep = np.arange(batch_size) < len(rows)
-            for j in np.flatnonzero(seen + rows < num_images) if image_dir else ():
-                os.makedirs(image_dir, exist_ok=True)
-                eval_outputs.save_png(os.path.join(image_dir, f"{seen + rows[j]:04d}_input.png"),
-                                      np.clip(current[rows[j]] * 255.0 + 0.5, 0, 255))
+            padded_moving = pad_batch(moving, batch_size) if preset.moving_block else None
             for model in MODELS:
-                disp = predictions[model][rows]
-                padded_moving = pad_batch(moving, batch_size) if preset.moving_block else None
-                per_region, ratio = score(
-                    pad_batch(gt, batch_size), pad_batch(disp, batch_size), padded_moving
-                )
+                per_region, ratio = score(pad_batch(gt, batch_size),
+                                          pad_batch(predictions[model][rows], batch_size),
+                                          padded_moving)
                 acc.add(model, per_region, ratio, keep)
-                for j in np.flatnonzero(seen + rows < num_images) if image_dir else ():
-                    gt_c, pred, valid = scaled_depth_map(gt[j], disp[j], protocol, float(ratio[j]))
-                    eval_outputs.write_sample_images(
-                        image_dir, f"{seen + rows[j]:04d}_{model}", disp[j], gt_c, pred, valid
-                    )
-        seen += count
+        seen += len(batch["depth_gt"])
     if seen == 0:
         raise ValueError("evaluation: the dataset yielded no samples")
     return {
         "num_images": seen,
         "static_fallback_images": fallbacks,
         "regions": list(regions),
-        "metrics": acc.summary(protocol.median_scaling),
+        "metrics": acc.summary(preset.protocol.median_scaling),
     }
 
 
-def eval_data(config, height: int, width: int):
-    """(unbatched data for ``pipeline.eval_batches``, GT shapes or None) for ``config.data``.
-
-    A missing frame -1 falls back to frame 0 (static camera) rather than a black frame.
-    """
-    from mal_jax.data import kitti, sources
-
-    source = sources.eval_source(config, height=height, width=width,
-                                 missing_neighbour="static")
-    gt_shapes = kitti.gt_shapes(config.data.gt_depth_file) if (
-        config.data.dataset == "kitti") else None
-    return source, gt_shapes
-
-
 def flat_scalars(results: dict) -> dict[str, float]:
-    """``eval/<model>/<region>/<metric>`` scalars of an ``evaluate`` result, for summaries."""
+    """``eval/<model>/<region>/<metric>`` scalars of an evaluation result, for summaries."""
     return {f"eval/{model}/{region}/{name}": float(value)
             for model, regions in results["metrics"].items()
             for region, block in regions.items() if isinstance(block, dict)
             for name, value in block.items() if isinstance(value, (int, float))}
 
 
-# ------------------------------------------------------------------ the driver
+# ------------------------------------------------------------------ the evaluator
 
 
-def evaluate(inference: InferenceModelLike, config, out_dir: str, *, checkpoint: str = "") -> dict:
-    """Evaluate ``inference`` on ``config``'s eval split; write and print the results."""
-    from mal_jax.data import pipeline
+class Evaluator:
+    """Evaluation of ``config``'s test split, built once: the data source (its split and
+    ground truth read here, so a bad file fails now), the preset and the batch size.
 
-    preset_name = config.evaluation.protocol
-    preset = get_preset(preset_name)
-    batch_size = int(config.evaluation.batch_size)
-    data, gt_shapes = eval_data(config, inference.height, inference.width)
-    results = evaluate_predictions(
-        pipeline.eval_batches(data, batch_size=batch_size),
-        make_batch_predictor(inference, preset.min_depth, preset.max_depth, batch_size),
-        preset,
-        batch_size=batch_size,
-        gt_shapes=gt_shapes,
-        image_dir=os.path.join(out_dir, "eval_images"),
-        num_images=int(config.evaluation.write_images),
-    )
-    results.update(
-        protocol=preset_name,
-        checkpoint=checkpoint,
-        height=int(inference.height),
-        width=int(inference.width),
-        min_depth_bin=float(inference.min_depth_bin),
-        max_depth_bin=float(inference.max_depth_bin),
-        preset={
-            "min_depth": preset.min_depth,
-            "max_depth": preset.max_depth,
-            **dataclasses.asdict(preset.protocol),
-        },
-    )
-    eval_outputs.write_results(results, out_dir)
-    print(eval_outputs.markdown_report(results))
-    return results
+    ``height`` x ``width`` is the image size the evaluated models take (default: the config's
+    training size); ``run`` refuses a model of another size.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, *, height: int | None = None,
+                 width: int | None = None):
+        self.protocol_name = config.evaluation.protocol
+        self.preset = get_preset(self.protocol_name)
+        self.batch_size = int(config.evaluation.batch_size)
+        self.num_images = int(config.evaluation.write_images)
+        self.height = int(height or config.data.height)
+        self.width = int(width or config.data.width)
+        self.source = registry.eval_source(config, self.height, self.width)
+
+    def _batches(self) -> Iterable[dict]:
+        return pipeline.eval_batches(self.source, batch_size=self.batch_size)
+
+    def _predictor(self, inference: InferenceModelLike):
+        if (int(inference.height), int(inference.width)) != (self.height, self.width):
+            raise ValueError(f"evaluation: the model takes {inference.height}x{inference.width}"
+                             f" images, the evaluator was built for {self.height}x{self.width}")
+        preset = self.preset
+        return make_batch_predictor(inference, preset.min_depth, preset.max_depth,
+                                    self.batch_size)
+
+    def run(self, inference: InferenceModelLike, *, checkpoint: str = "") -> dict:
+        """Score ``inference`` on the split (progress with ETA on stderr); write nothing."""
+        batches = track(self._batches(), math.ceil(self.source.num_samples / self.batch_size),
+                        f"eval {self.protocol_name}")
+        results = evaluate_predictions(batches, self._predictor(inference), self.preset,
+                                       batch_size=self.batch_size,
+                                       gt_shapes=self.source.depth_gt_shapes)
+        preset = self.preset
+        results.update(
+            protocol=self.protocol_name,
+            checkpoint=checkpoint,
+            height=self.height,
+            width=self.width,
+            min_depth_bin=float(inference.min_depth_bin),
+            max_depth_bin=float(inference.max_depth_bin),
+            preset={"min_depth": preset.min_depth, "max_depth": preset.max_depth,
+                    **dataclasses.asdict(preset.protocol)},
+        )
+        return results
+
+    def write(self, inference: InferenceModelLike, results: dict, out_dir: str) -> None:
+        """``eval_results.json``/``.md`` into ``out_dir``, the example PNGs into
+        ``out_dir/eval_images`` (``write_images``), and the Markdown table on stdout."""
+        eval_outputs.write_results(results, out_dir)
+        self.write_images(inference, os.path.join(out_dir, "eval_images"))
+        print(eval_outputs.markdown_report(results))
+
+    def write_images(self, inference: InferenceModelLike, image_dir: str) -> list[str]:
+        """Colour PNGs of the first ``config.evaluation.write_images`` samples: the input frame
+        t, and each model's disparity and AbsRel error (scaled as scored). Returns the paths."""
+        predict, protocol, written = self._predictor(inference), self.preset.protocol, []
+        seen = 0
+        for batch in self._batches():
+            if seen >= self.num_images:
+                break
+            predictions = predict(batch)
+            frames = np.asarray(batch["frames"])[:, 1]
+            for rows, gt, _ in _group_by_shape(batch, self.source.depth_gt_shapes):
+                for j, row in enumerate(rows):
+                    if seen + row < self.num_images:
+                        written += self._sample_images(image_dir, seen + row, frames[row],
+                                                       {m: predictions[m][row] for m in MODELS},
+                                                       gt[j], protocol)
+            seen += len(batch["depth_gt"])
+        return written
+
+    @staticmethod
+    def _sample_images(image_dir: str, number: int, frame: np.ndarray, disparities: dict,
+                       gt: np.ndarray, protocol: EvalProtocol) -> list[str]:
+        os.makedirs(image_dir, exist_ok=True)
+        path = os.path.join(image_dir, f"{number:04d}_input.png")
+        eval_outputs.save_png(path, np.clip(frame * 255.0 + 0.5, 0, 255))
+        written = [path]
+        for model, disp in disparities.items():
+            _, ratio = score_depth(jnp.asarray(gt)[None], jnp.asarray(disp)[None], protocol)
+            gt_c, pred, valid = scaled_depth_map(gt, disp, protocol, float(ratio[0]))
+            written += eval_outputs.write_sample_images(
+                image_dir, f"{number:04d}_{model}", disp, gt_c, pred, valid)
+        return written

@@ -156,9 +156,13 @@ def write_results(results: dict, out_dir: str) -> tuple[str, str]:
 
 def write_sample_images(
     out_dir: str, prefix: str, disparity: np.ndarray, gt: np.ndarray, pred: np.ndarray, valid
-) -> None:
-    """``<prefix>_disp.png`` (network output) and ``<prefix>_abs_rel_error.png`` (GT size)."""
+) -> list[str]:
+    """``<prefix>_disp.png`` (network output) and ``<prefix>_abs_rel_error.png`` (GT size);
+    returns both paths."""
     os.makedirs(out_dir, exist_ok=True)
-    save_png(os.path.join(out_dir, f"{prefix}_disp.png"), disparity_image(disparity))
+    disp_path = os.path.join(out_dir, f"{prefix}_disp.png")
+    error_path = os.path.join(out_dir, f"{prefix}_abs_rel_error.png")
+    save_png(disp_path, disparity_image(disparity))
     error = np.abs(gt - pred) / np.where(valid, gt, 1.0)
-    save_png(os.path.join(out_dir, f"{prefix}_abs_rel_error.png"), error_image(error, valid))
+    save_png(error_path, error_image(error, valid))
+    return [disp_path, error_path]

@@ -11,7 +11,8 @@ teacher on every frame instead.
 
 Per frame ``<stem>_depth.npy`` (H, W) float32 depth at network resolution, in the units of
 ``--min_depth/--max_depth`` (up to the scale ambiguity of self-supervised training), and
-``<stem>_depth.png``, the disparity colour-mapped with magma. The network step is jitted once.
+``<stem>_depth.png``, the disparity colour-mapped with magma. The network step is jitted once;
+progress and the time left show on stderr.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from mal_jax.eval.inference import (
     multi_frame_disparity,
     teacher_disparity,
 )
+from mal_jax.eval.progress import track
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 # ManyDepth's KITTI intrinsics, normalised by the image size (its default for KITTI training).
@@ -154,7 +156,7 @@ def predict_sequence(
     K, inv_K = intrinsics_at_quarter(intrinsics, height, width)
     step = make_step(inference, mode, min_depth, max_depth)
     written, previous = [], None
-    for path, stem in zip(frame_paths, stems, strict=True):
+    for path, stem in track(zip(frame_paths, stems, strict=True), len(stems), "predict"):
         current = load_frame(path, height, width)
         has_previous = previous is not None
         lookup = previous if has_previous else current

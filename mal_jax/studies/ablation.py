@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
+from mal_jax.eval.progress import track
 from mal_jax.studies import run_scalars
 from mal_jax.train import trainer as trainer_lib
 
@@ -233,7 +234,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
         record(START, start_seed, start_dir, _train_and_evaluate(
             pretrain_config(config, start_seed), start_dir, programs, START))
     programs.release(START)
-    for row in rows:
+    for row in track(rows, len(rows), "ablation rows"):
         for seed in seeds:
             run_dir = os.path.join(workdir, row.name, f"seed_{seed}")
             record(row.name, seed, run_dir, _train_and_evaluate(

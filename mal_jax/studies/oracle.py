@@ -34,6 +34,7 @@ from mal_jax.core import losses
 from mal_jax.core.frames import FRAME_IDS, SOURCE_FRAMES, frame, warp_sources
 from mal_jax.core.network_losses import reprojection_candidates
 from mal_jax.data import synthetic
+from mal_jax.eval.progress import track
 from mal_jax.mal.instance_matching import frame_instances, match_instances, warp_instances
 from mal_jax.mal.temporal_hints import TemporalHintConfig, temporal_hint_candidates
 from mal_jax.studies import oracle_shifts
@@ -292,8 +293,9 @@ def run_oracle(
     split = synthetic.canonical_split(split)
     count = synthetic.DEFAULT_NUM_SAMPLES[split] if num_samples is None else int(num_samples)
     totals = dict.fromkeys(SUM_KEYS, 0.0)
-    for batch, real in iter_batches(split, count, batch_size, height=height, width=width,
-                                    seed=seed, max_instances=max_instances):
+    for batch, real in track(iter_batches(split, count, batch_size, height=height, width=width,
+                                          seed=seed, max_instances=max_instances),
+                             math.ceil(count / batch_size), "oracle"):
         sums = jax.device_get(_oracle_sums_jit(batch, config, frame_t_shifts))
         for key in SUM_KEYS:
             totals[key] += float(np.sum(np.asarray(sums[key], np.float64)[:real]))

@@ -21,6 +21,7 @@ import optax
 
 from mal_jax.core.frames import FRAME_INDEX, frame, warp_sources
 from mal_jax.core.network_losses import LossSettings
+from mal_jax.data.registry import dataset_spec
 from mal_jax.mal import loss_balance
 from mal_jax.mal.objective import MalSettings, objective
 from mal_jax.mal.temporal_hints import TemporalHintConfig, instance_hints
@@ -58,10 +59,10 @@ def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> St
     if not config.loss.scales or not set(config.loss.scales) <= set(config.model.scales):
         raise ValueError(f"config.loss.scales={tuple(config.loss.scales)} must be a non-empty "
                          f"subset of config.model.scales={tuple(config.model.scales)}")
-    if config.loss.velocity_weight and config.data.dataset != "synthetic":
+    if config.loss.velocity_weight and not dataset_spec(config.data.dataset).has_true_poses:
         raise ValueError(f"config.loss.velocity_weight={config.loss.velocity_weight} needs the "
-                         f"true camera poses, which only the synthetic dataset provides "
-                         f"(config.data.dataset={config.data.dataset!r})")
+                         f"true camera poses, which config.data.dataset="
+                         f"{config.data.dataset!r} does not provide")
     mal = mal_settings(config, steps_per_epoch)
     loss = LossSettings(
         min_depth=config.model.min_depth, max_depth=config.model.max_depth,

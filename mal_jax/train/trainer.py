@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 
 import jax
@@ -21,7 +20,8 @@ import numpy as np
 from clu import metric_writers, periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mal_jax.data import pipeline, sources
+from mal_jax.data import pipeline, registry
+from mal_jax.eval import evaluate
 from mal_jax.models.manydepth import ManyDepth
 from mal_jax.train import checkpointing, distributed, fine_tune, periodic
 from mal_jax.train import state as train_state
@@ -76,11 +76,13 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
         self.config, self.workdir = config, workdir
+        registry.check_config(config)  # every data/eval field and path, before anything is written
         self.mesh = distributed.make_mesh(devices)
         if config.training.batch_size % self.mesh.size:
             raise ValueError(f"training.batch_size={config.training.batch_size} is not divisible"
                              f" by the {self.mesh.size} devices")
-        self.source = sources.train_source(config)
+        self.source = registry.train_source(config)
+        self.evaluator = evaluate.Evaluator(config)  # its data source is built once, here
         self.local_batch = config.training.batch_size // jax.process_count()
         self.steps_per_epoch = pipeline.steps_per_epoch(
             self.source.num_samples, self.local_batch, jax.process_count())
@@ -133,12 +135,9 @@ class Trainer:
 
         The checkpoint (model and image size vs the config) is checked by ``initial_state``,
         which runs right after this and also before the first step. The data and evaluation
-        path checks of ``mal_jax.data`` belong here too, beside these.
+        fields and paths were checked by ``registry.check_config`` when the trainer was built.
         """
-        from mal_jax.eval import evaluate
-
         fine_tune.check_weights_source(self.config)
-        evaluate.get_preset(self.config.evaluation.protocol)
 
     def initial_state(self) -> train_state.TrainState:
         """The newest intact checkpoint of the workdir, or a fresh state."""
@@ -246,19 +245,16 @@ class Trainer:
     def evaluate(self, state, writer, step: int) -> dict:
         """Evaluate the current state on the config's test split; results to the workdir.
 
-        Every process evaluates (the same data, on its own devices); only process 0 keeps the
+        Every process evaluates (the same data, on its own devices); only process 0 writes the
         files. So no process waits for process 0 in a timed shutdown barrier.
         """
-        from mal_jax.eval import evaluate
-
         bins = [float(b) for b in jax.device_get(state.depth_bins)]
         inference = checkpointing.InferenceModel(
             self.model, jax.device_get(state.variables), bins[0], bins[1],
             self.config.data.height, self.config.data.width)
-        with tempfile.TemporaryDirectory() as discarded:
-            out_dir = self.workdir if workdir_files.is_writer() else discarded
-            results = evaluate.evaluate(inference, self.config, out_dir,
-                                        checkpoint=f"{self.workdir} step {step}")
+        results = self.evaluator.run(inference, checkpoint=f"{self.workdir} step {step}")
+        if workdir_files.is_writer():
+            self.evaluator.write(inference, results, self.workdir)
         writer.write_scalars(step, evaluate.flat_scalars(results))
         return results
 
