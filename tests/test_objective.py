@@ -99,7 +99,7 @@ def test_balance_settings_drive_init_update_and_metrics():
 def test_train_step_reports_the_balance_weights():
     """One compiled step on configs/test.py (heavy: run under the lock): the step's metrics
     carry the weights of the state it returns."""
-    from mal_jax.data import pipeline, sources
+    from mal_jax.data import pipeline, registry
     from mal_jax.train import state as train_state
     from mal_jax.train import trainer
 
@@ -111,7 +111,7 @@ def test_train_step_reports_the_balance_weights():
     variables = model.init(jax.random.PRNGKey(0), config.data.height, config.data.width)
     state = train_state.create_state(variables, optimizer, 0.1, 10.0,
                                      train_step.initial_balance(settings), 0)
-    batch = next(iter(pipeline.train_batches(sources.train_source(config),
+    batch = next(iter(pipeline.train_batches(registry.train_source(config),
                                              batch_size=config.training.batch_size, seed=0)))
     step = jax.jit(train_step.make_train_step(model, optimizer, schedule, settings, False))
     new_state, metrics = step(state, batch, jax.random.PRNGKey(1))
