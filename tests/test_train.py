@@ -192,7 +192,10 @@ def test_final_evaluation_and_hparams_reach_tensorboard(trained, tmp_path):
         accumulator = event_accumulator.EventAccumulator(events)
         accumulator.Reload()
         tags |= set(accumulator.Tags()["tensors"])  # clu writes scalars as tensor summaries
-        hparams |= set(accumulator.PluginTagToContent("hparams"))
+        try:  # only the events file of the training writer holds the hparams
+            hparams |= set(accumulator.PluginTagToContent("hparams"))
+        except KeyError:
+            pass
     assert "eval/multi_frame/all/abs_rel" in tags and "eval/teacher/all/abs_rel" in tags
     assert "_hparams_/session_start_info" in hparams
     assert os.path.exists(os.path.join(workdir, "eval_results.json"))
