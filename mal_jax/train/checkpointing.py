@@ -199,7 +199,9 @@ def load_inference(path: str, step: int | None = None) -> InferenceModel:
         if step is None:
             raise FileNotFoundError(f"{directory}: no checkpoint saved yet")
         restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+            # Saved by another device layout (e.g. a multi-host run): onto a local device.
+            state=ocp.args.StandardRestore(fallback_sharding=jax.sharding.SingleDeviceSharding(
+                jax.local_devices()[0])), meta=ocp.args.JsonRestore()))
     state, meta = restored["state"], restored["meta"]
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     bins = np.asarray(state["depth_bins"], np.float64)
