@@ -33,7 +33,9 @@ def main(argv):
         raise app.UsageError("give --workdir (training run) or --weights_folder (ManyDepth .pth)")
     out_dir = FLAGS.out or FLAGS.workdir or FLAGS.weights_folder
     from mal_jax.data.pipeline import hide_gpus_from_tf
+    from mal_jax.train import compilation_cache
 
+    compilation_cache.enable()
     hide_gpus_from_tf()
     from mal_jax.eval import evaluate
     from mal_jax.eval import inference as depth_inference

@@ -26,8 +26,10 @@ def main(argv):
     if FLAGS.distributed:
         jax.distributed.initialize()
     from mal_jax.data.pipeline import hide_gpus_from_tf
+    from mal_jax.train import compilation_cache
     from mal_jax.train.trainer import train_and_evaluate
 
+    compilation_cache.enable()
     hide_gpus_from_tf()
     logging.info("JAX devices: %s", jax.devices())
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
