@@ -7,7 +7,7 @@ Prints the train step's compile time (with ``--compile_twice``: first in a child
 empty compilation cache, then again here from that cache), median step time, training and
 evaluation images/s and peak memory (device allocator where it reports one, otherwise the
 process's peak resident memory); ``--profile`` adds the table of where the step's time goes
-(``mal_jax.studies.profile_step``). The last line is ``step_s <median seconds>``. Frames are
+(``mal_jax.studies.profile_step``), printed after the line ``step_s <median seconds>``. Frames are
 random, with a few rectangular instances per frame that move between frames, so MAL's matching
 and synthesis do real work.
 """
@@ -131,8 +131,8 @@ def eval_images_per_s(model, variables, height: int, width: int, batch_size: int
     return batch_size * steps / (time.perf_counter() - tic)
 
 
-def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool,
-              profile: bool = False) -> dict:
+def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool):
+    """The figures (dict) and a function that profiles the compiled step (table rows)."""
     model, step, state, batch, variables = build_step(height, width, batch_size, mal)
     compiled, compile_s, hits = compile_step(step, state, batch)
     rng = jax.random.PRNGKey(1)
@@ -153,16 +153,14 @@ def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool,
               "num_devices": jax.device_count()}
     result["eval_images_per_s"] = eval_images_per_s(model, variables, height, width,
                                                     batch_size, steps)
-    if profile:
-        holder = {"state": state}
-
-        def call():
-            holder["state"], out = compiled(holder["state"], batch, rng)
-            return out
-
-        result["profile"] = profile_step.profile_compiled(compiled, call, steps)
     result["peak_bytes"], result["peak_kind"] = peak_memory_bytes()
-    return result
+    holder = {"state": state}
+
+    def call():
+        holder["state"], out = compiled(holder["state"], batch, rng)
+        return out
+
+    return result, lambda: profile_step.profile_compiled(compiled, call, steps)
 
 
 def compile_in_child(args, cache_dir: str) -> dict:
@@ -215,8 +213,8 @@ def main(argv=None) -> int:
                                                        args.batch_size, not args.no_mal)[1:4])
         print(json.dumps({"compile_s": compile_s, "compile_cache_hits": hits}))
         return 0
-    result = benchmark(args.height, args.width, args.batch_size, args.steps, not args.no_mal,
-                       args.profile)
+    result, profile = benchmark(args.height, args.width, args.batch_size, args.steps,
+                                not args.no_mal)
     if first is not None:
         result["compile_first_s"] = first["compile_s"]
         result["cache_entries_written_by_first"] = first["new_cache_entries"]
@@ -230,9 +228,10 @@ def main(argv=None) -> int:
     print(f"images_per_s {result['images_per_s']:.2f}")
     print(f"eval_images_per_s {result['eval_images_per_s']:.2f}")
     print(f"peak_memory_gib {result['peak_bytes'] / 2**30:.2f} ({result['peak_kind']})")
-    if args.profile:
+    print(f"step_s {result['step_s']:.4f}", flush=True)
+    if args.profile:  # after the figures: tracing a long step takes a while
+        result["profile"] = profile()
         print(profile_step.markdown_table(result["profile"]))
-    print(f"step_s {result['step_s']:.4f}")
     if args.json:
         settings = {"height": args.height, "width": args.width, "batch_size": args.batch_size,
                     "steps": args.steps, "mal": not args.no_mal}
