@@ -5,11 +5,12 @@ same program (same config, shapes, code, JAX version and devices) loads the exec
 disk instead. ``train.py``, ``eval.py``, the benchmark and the test suite call ``enable()``.
 
 Why the train step used to be compiled again by every run: only the test suite turned the cache
-on, and ``train.py``, ``eval.py`` and the benchmark never did. The cache itself keeps the step
-(its key is deterministic: equal across processes for an equal program, checked by
-``python -m mal_jax.studies.bench --compile_twice``). One trap remains, which ``enable``
-handles: JAX decides once per process, at its first compilation, whether a cache is in use; a
-directory set after anything was compiled is silently ignored unless the cache is reset.
+on, and ``train.py``, ``eval.py`` and the benchmark never did. The cache itself writes the
+step (no host callbacks, no size or time threshold excludes it); whether a second process
+hits it is what ``python -m mal_jax.studies.bench --compile_twice`` reports. One trap
+remains, which ``enable`` handles: JAX decides once per process, at its first compilation,
+whether a cache is in use; a directory set after anything was compiled is silently ignored
+unless the cache is reset.
 """
 
 from __future__ import annotations
