@@ -42,7 +42,9 @@ def main(argv):
     if not checkpoint:
         raise app.UsageError("give --workdir (training run) or --weights_folder (ManyDepth .pth)")
     from mal_jax.data.pipeline import hide_gpus_from_tf
+    from mal_jax.train import compilation_cache
 
+    compilation_cache.enable()
     hide_gpus_from_tf()
     from mal_jax.data import registry
     from mal_jax.eval import evaluate

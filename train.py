@@ -39,8 +39,10 @@ def main(argv):
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
     from mal_jax.data.pipeline import hide_gpus_from_tf
+    from mal_jax.train import compilation_cache
     from mal_jax.train.trainer import train_and_evaluate
 
+    compilation_cache.enable()
     hide_gpus_from_tf()
     distributed.report_devices()
     try:

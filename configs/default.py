@@ -45,6 +45,11 @@ def get_config() -> ml_collections.ConfigDict:
     model.init_max_depth_bin = 10.0  # metres; adaptive-bin tracker start (paper: 10.0)
     model.weights_folder = ""  # ManyDepth .pth folder to start from ("" = fresh init)
     model.imagenet_weights = ""  # torchvision ResNet .pth state_dict for the encoders ("" = none)
+    # Dtype the networks compute in: "float32" or "bfloat16" (parameters, BatchNorm statistics,
+    # cost volume, losses and Adam stay float32). Off (float32) by default: the reference is
+    # float32, parity is checked in float32, and CPUs gain nothing from bfloat16; on GPU/TPU
+    # "bfloat16" halves activation memory (paper: float32).
+    model.compute_dtype = "float32"
 
     # ---------------------------------------------------------------- loss
     loss = config.loss = ml_collections.ConfigDict()

@@ -1,19 +1,18 @@
 """Shared test fixtures: the golden parity file and a persistent compilation cache."""
 
-import os
 import pathlib
 
-import jax
 import pytest
+
+from mal_jax.train import compilation_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # MAL_JAX_GOLDEN points elsewhere (the test of this fixture's CI behaviour uses it).
 GOLDEN_PATH = pathlib.Path(os.environ.get(
     "MAL_JAX_GOLDEN", REPO.parent / "shared" / "golden" / "manydepth_mal_96x320.npz"))
 
-jax.config.update("jax_compilation_cache_dir", os.environ.get(
-    "MAL_JAX_CACHE", str(pathlib.Path.home() / ".cache" / "mal_jax_xla")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+# $MAL_JAX_CACHE or ~/.cache/mal_jax_xla: compiled train steps survive between test runs.
+compilation_cache.enable()
 
 
 @pytest.fixture(scope="session")

@@ -266,3 +266,18 @@ def test_jitted_warp_then_pad_equals_eager_at_integer_shift():
     np.testing.assert_allclose(jitted, eager, atol=1e-5)
     # And the warp is the two-pixel shift it should be.
     np.testing.assert_allclose(eager[0, 3:-3, 3:-5], frames[0, 2:-2, 4:-2], atol=1e-5)
+
+
+def test_grid_sample_zeros_padding_fades_to_zero_across_the_last_pixel():
+    """Between the last pixel centre (x = W-1) and one pixel beyond it the value falls
+    linearly to zero; at and beyond x = W it is zero with zero gradient (torch)."""
+    width = IMAGE.shape[2]
+
+    def sample(x_pixel):
+        gx = x_pixel / ((width - 1) / 2) - 1
+        return geometry.grid_sample(IMAGE, jnp.array([[[[gx, -1.0]]]]), "zeros")[0, 0, 0, 0]
+
+    for x_pixel, expected in ((3.0, 4.0), (3.25, 3.0), (3.75, 1.0), (4.0, 0.0), (5.5, 0.0)):
+        assert float(jax.jit(sample)(x_pixel)) == pytest.approx(expected, abs=1e-5)
+    assert float(jax.grad(sample)(3.5)) == pytest.approx(-4.0, abs=1e-4)
+    assert float(jax.grad(sample)(4.5)) == 0.0

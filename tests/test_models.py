@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mal_jax.models import matching
 from mal_jax.models.layers import TorchBatchNorm
 from mal_jax.models.manydepth import NETWORK_NAMES, ManyDepth, parameter_count
 
@@ -121,3 +122,57 @@ def test_missing_lookup_frame_gives_zero_confidence(variables):
     outs = {"present": confidence(pose), "missing": confidence(jnp.zeros_like(pose))}
     assert float(outs["missing"].sum()) == 0.0
     assert float(outs["present"].sum()) > 0.0
+
+
+def _cost_volume_inputs(num_bins: int):
+    keys = jax.random.split(jax.random.key(3), 2)
+    current = jax.random.normal(keys[0], (2, 8, 20, 16))
+    lookup = jax.random.normal(keys[1], (2, 1, 8, 20, 16))
+    K = jnp.broadcast_to(jnp.array([[16.0, 0, 10, 0], [0, 16, 4, 0], [0, 0, 1, 0],
+                                    [0, 0, 0, 1]]), (2, 4, 4))
+    pose = jnp.broadcast_to(jnp.eye(4).at[0, 3].set(0.3), (2, 1, 4, 4))
+    pose = pose.at[1].set(0.0)  # second sample: missing lookup frame
+    return current, lookup, pose, K, jnp.linalg.inv(K), matching.depth_bins(0.5, 8.0, num_bins)
+
+
+@pytest.mark.parametrize("num_bins", [12, 7])
+def test_cost_volume_same_for_any_chunking(monkeypatch, num_bins):
+    """The planes are warped a chunk at a time; the chunk size must not change a single value
+    (7 bins: only chunks of 1 divide it)."""
+    inputs = _cost_volume_inputs(num_bins)
+    results = {}
+    for per_chunk in (1, 4, num_bins):
+        monkeypatch.setattr(matching, "BINS_PER_CHUNK", per_chunk)
+        results[per_chunk] = jax.device_get(jax.jit(matching.cost_volume)(*inputs))
+    for per_chunk in (4, num_bins):
+        for ours, single in zip(results[per_chunk], results[1], strict=True):
+            np.testing.assert_array_equal(ours, single)
+    cost, confidence, _ = results[1]
+    assert cost.shape == (2, 8, 20, num_bins)
+    assert confidence[1].sum() == 0 and confidence[0].sum() > 0
+
+
+def test_bins_per_chunk_is_largest_divisor_up_to_limit():
+    assert [matching._bins_per_chunk(n) for n in (96, 32, 30, 7, 2)] == [4, 4, 3, 1, 2]
+
+
+def test_bfloat16_compute_keeps_float32_interfaces_and_tracks_float32(variables):
+    """bfloat16 convolutions from float32 parameters: outputs and gradients stay float32 and
+    the disparities stay within bfloat16 rounding of the float32 ones."""
+    image = jax.random.uniform(jax.random.key(4), (1, 64, 96, 3))
+    outs = {}
+    for dtype in ("float32", "bfloat16"):
+        model = ManyDepth(compute_dtype=dtype)
+
+        def disparity(params, model=model):
+            (disps, _), _ = model.teacher({**variables, "params": params}, image, train=True)
+            return disps[0]
+
+        outs[dtype] = jax.jit(disparity)(variables["params"])
+        grads = jax.jit(jax.grad(lambda p, f=disparity: jnp.mean(f(p))))(variables["params"])
+        assert outs[dtype].dtype == jnp.float32
+        assert {leaf.dtype for leaf in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+    difference = float(jnp.max(jnp.abs(outs["bfloat16"] - outs["float32"])))
+    assert 0 < difference < 0.05
+    with pytest.raises(ValueError, match="compute_dtype"):
+        ManyDepth(compute_dtype="float16")

@@ -140,8 +140,9 @@ def _unnormalise(coord: jax.Array, size: int, padding: Padding) -> jax.Array:
 
     For border padding, positions at or beyond the edge are clamped with the gradient stopped,
     as torch treats the border itself as outside for the gradient. For zeros padding, anything
-    below -1 or above ``size`` already has all four taps outside, so clamping to [-2, size + 1]
-    changes no value and keeps ``floor`` and the int cast in range.
+    at or beyond -1 or ``size`` has all its weight on outside (zero) taps, so clamping to
+    [-1, size] changes no value, stops the gradient where torch's is zero too, and keeps
+    ``floor`` and the int cast in range.
     """
     pixel = (coord + 1.0) * (0.5 * (size - 1))
     # NaN coordinates (e.g. 0/0 in a projection) are treated as far outside the image.
@@ -150,7 +151,12 @@ def _unnormalise(coord: jax.Array, size: int, padding: Padding) -> jax.Array:
         inside = (pixel > 0) & (pixel < size - 1)
         clamped = jax.lax.stop_gradient(jnp.clip(pixel, 0.0, size - 1.0))
         return jnp.where(inside, pixel, clamped)
-    return jnp.clip(pixel, -2.0, size + 1.0)
+    return jnp.clip(pixel, -1.0, float(size))
+
+
+# One gather of each output pixel's 2x2 neighbourhood from a (H, W, C) image: start (row, col).
+_WINDOW_GATHER = jax.lax.GatherDimensionNumbers(
+    offset_dims=(1, 2, 3), collapsed_slice_dims=(), start_index_map=(0, 1))
 
 
 def grid_sample(image: jax.Array, grid: jax.Array, padding: Padding = "border") -> jax.Array:
@@ -158,7 +164,9 @@ def grid_sample(image: jax.Array, grid: jax.Array, padding: Padding = "border") 
 
     Equal to torch ``F.grid_sample(mode="bilinear", align_corners=True)`` with
     ``padding_mode`` ``"border"`` or ``"zeros"``, in value and in the gradients with respect
-    to image and grid. Implemented as four gathers over the flattened H*W axis.
+    to image and grid. Implemented as one gather of 2x2 windows from the image padded by one
+    pixel (zeros, or edge copies for border padding), so every window is in range and
+    out-of-image taps read the padding value without a validity mask.
     """
     if padding not in ("border", "zeros"):
         raise ValueError(f"grid_sample: padding must be 'border' or 'zeros', got {padding!r}")
@@ -174,8 +182,6 @@ def grid_sample(image: jax.Array, grid: jax.Array, padding: Padding = "border") 
 
     x = _unnormalise(grid[..., 0], width, padding)
     y = _unnormalise(grid[..., 1], height, padding)
-    # The image gets a one-pixel frame (zeros, or edge copies for border padding), so every tap
-    # index is in range and out-of-image taps read the padding value without a validity mask.
     mode = "constant" if padding == "zeros" else "edge"
     padded = jnp.pad(image, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode)
     # Two extra channels carry each padded pixel's own (x, y) coordinate. The weights below are
@@ -186,27 +192,29 @@ def grid_sample(image: jax.Array, grid: jax.Array, padding: Padding = "border") 
     xs = jnp.arange(-1, width + 1, dtype=image.dtype)
     ys = jnp.arange(-1, height + 1, dtype=image.dtype)
     coords = jnp.stack(jnp.broadcast_arrays(xs[None, :], ys[:, None]), axis=-1)
-    coords = jnp.broadcast_to(coords[None], (batch, height + 2, width + 2, 2))
-    source = jnp.concatenate([padded, coords], axis=-1).reshape(
-        batch, (height + 2) * (width + 2), channels + 2)
-    col0 = jax.lax.stop_gradient(jnp.floor(x)).astype(jnp.int32) + 1
-    row0 = jax.lax.stop_gradient(jnp.floor(y)).astype(jnp.int32) + 1
+    source = jnp.concatenate(
+        [padded, jnp.broadcast_to(coords[None], (batch, height + 2, width + 2, 2))], axis=-1)
+    # Window start in the padded image; [0, size] keeps both taps in range whatever x rounds to.
+    col0 = jnp.clip(jax.lax.stop_gradient(jnp.floor(x)).astype(jnp.int32) + 1, 0, width)
+    row0 = jnp.clip(jax.lax.stop_gradient(jnp.floor(y)).astype(jnp.int32) + 1, 0, height)
+    starts = jnp.stack([row0, col0], axis=-1).reshape(batch, out_h * out_w, 2)
+    windows = jax.vmap(lambda img, start: jax.lax.gather(
+        img, start, _WINDOW_GATHER, (2, 2, channels + 2), mode="promise_in_bounds"))(
+        source, starts)
+    windows = windows.reshape(batch, out_h, out_w, 2, 2, channels + 2)
+    # torch's weights: (x1 - x) for the low tap, (x - x0) for the high one, x0 and y0 read
+    # from the top-left tap.
+    tap_x = jax.lax.stop_gradient(windows[:, :, :, 0, 0, channels])
+    tap_y = jax.lax.stop_gradient(windows[:, :, :, 0, 0, channels + 1])
+    weight_x = (tap_x + 1.0 - x, x - tap_x)
+    weight_y = (tap_y + 1.0 - y, y - tap_y)
     out = None
     for d_row in (0, 1):
         for d_col in (0, 1):
-            col = jnp.clip(col0 + d_col, 0, width + 1)
-            row = jnp.clip(row0 + d_row, 0, height + 1)
-            index = (row * (width + 2) + col).reshape(batch, out_h * out_w, 1)
-            tap = jnp.take_along_axis(source, index, axis=1, mode="promise_in_bounds")
-            tap = tap.reshape(batch, out_h, out_w, channels + 2)
-            tap_x = jax.lax.stop_gradient(tap[..., channels])
-            tap_y = jax.lax.stop_gradient(tap[..., channels + 1])
-            # torch's weights: (x1 - x) for the low tap, (x - x0) for the high one.
-            weight_x = tap_x + 1.0 - x if d_col == 0 else x - tap_x + 1.0
-            weight_y = tap_y + 1.0 - y if d_row == 0 else y - tap_y + 1.0
-            contribution = tap[..., :channels] * (weight_x * weight_y)[..., None]
+            weight = (weight_y[d_row] * weight_x[d_col])[..., None]
+            contribution = windows[:, :, :, d_row, d_col, :channels] * weight
             out = contribution if out is None else out + contribution
-    return out.reshape(batch, out_h, out_w, channels)
+    return out
 
 
 def warp_frame(

@@ -47,14 +47,12 @@ def _abs(x: jax.Array) -> jax.Array:
 def _box3(x: jax.Array) -> jax.Array:
     """3x3 mean with stride 1 and no padding over axes 1 and 2 (H, W shrink by 2 each).
 
-    The nine taps are added one at a time, row by row, as torch's CPU average pooling does.
+    One ``reduce_window`` sum: its gradient is one more windowed sum, where nine shifted
+    slices (torch's tap-by-tap order) differentiate into nine pads and adds; on a CPU that
+    made SSIM's backward pass 6x slower, for a rounding difference of about 1e-7.
     """
-    height, width = x.shape[1] - 2, x.shape[2] - 2
-    total = None
-    for dy in range(3):
-        for dx in range(3):
-            tap = x[:, dy : dy + height, dx : dx + width]
-            total = tap if total is None else total + tap
+    window = (1, 3, 3) + (1,) * (x.ndim - 3)
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, (1,) * x.ndim, "VALID")
     return total / 9.0
 
 

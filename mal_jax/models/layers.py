@@ -34,6 +34,9 @@ class TorchBatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        compute_dtype = x.dtype
+        # Statistics in float32 also when the network computes in bfloat16.
+        x = x.astype(jnp.float32)
         if train:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)
@@ -48,7 +51,7 @@ class TorchBatchNorm(nn.Module):
         else:
             mean, var = running_mean.value, running_var.value
         inv = scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))
-        return (x - mean) * inv + bias
+        return ((x - mean) * inv + bias).astype(compute_dtype)
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, use_bias: bool = True,

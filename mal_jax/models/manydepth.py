@@ -28,6 +28,12 @@ def _net_variables(variables: dict, net: str) -> dict:
     return out
 
 
+def _cast_floats(tree, dtype):
+    """Every floating-point array of ``tree`` in ``dtype`` (integers and bools untouched)."""
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+                        else a, tree)
+
+
 @dataclasses.dataclass(frozen=True)
 class ManyDepth:
     """Static architecture description plus apply helpers.
@@ -38,6 +44,9 @@ class ManyDepth:
       num_depth_bins: cost-volume depth hypotheses (paper: 96).
       inverse_depth_bins: bins linear in inverse depth instead of depth (paper: linear).
       scales: disparity scales the decoders output (paper: 0..3).
+      compute_dtype: "float32" or "bfloat16": the networks' convolutions and activations run
+        in it, from float32 parameters cast on the way in; outputs come back as float32, and
+        BatchNorm statistics, the cost volume, losses and the optimizer stay in float32.
     """
 
     num_layers: int = 18
@@ -45,6 +54,12 @@ class ManyDepth:
     num_depth_bins: int = 96
     inverse_depth_bins: bool = False
     scales: tuple[int, ...] = (0, 1, 2, 3)
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"ManyDepth.compute_dtype must be 'float32' or 'bfloat16', got "
+                             f"{self.compute_dtype!r}")
 
     @property
     def encoder(self) -> MatchingEncoder:
@@ -104,26 +119,39 @@ class ManyDepth:
 
     # Each apply helper returns its outputs and the network's (possibly updated) statistics.
 
-    def _apply(self, module, variables, net, train, *args):
+    def _run(self, module, net_variables: dict, *args, float32_args: int = 0, **kwargs):
+        """``module.apply`` in ``compute_dtype``: float32 parameters and inputs are cast on
+        the way in (their gradients come back in float32), outputs are float32. The last
+        ``float32_args`` arguments (geometry: poses, intrinsics, depth range) are not cast."""
+        if self.compute_dtype == "float32":
+            return module.apply(net_variables, *args, **kwargs)
+        dtype = jnp.dtype(self.compute_dtype)
+        net_variables = dict(net_variables, params=_cast_floats(net_variables["params"], dtype))
+        split = len(args) - float32_args
+        args = (*_cast_floats(args[:split], dtype), *args[split:])
+        return _cast_floats(module.apply(net_variables, *args, **kwargs), jnp.float32)
+
+    def _apply(self, module, variables, net, train, *args, float32_args: int = 0):
         if train:
-            out, updates = module.apply(_net_variables(variables, net), *args, train=True,
-                                        mutable=["batch_stats"])
+            out, updates = self._run(module, _net_variables(variables, net), *args, train=True,
+                                     mutable=["batch_stats"], float32_args=float32_args)
             return out, updates["batch_stats"]
-        out = module.apply(_net_variables(variables, net), *args, train=False)
+        out = self._run(module, _net_variables(variables, net), *args, train=False,
+                        float32_args=float32_args)
         return out, variables["batch_stats"][net]
 
     def pose(self, variables, frame_before, frame_after, train: bool):
         """Pose of the pair (earlier frame, later frame): axis-angle and translation (B, 3)."""
         feats, stats = self._apply(self.pose_encoder, variables, "pose_encoder", train,
                                    jnp.concatenate([frame_before, frame_after], axis=-1))
-        axisangle, translation = self.pose_decoder.apply(
-            {"params": variables["params"]["pose"]}, feats[-1])
+        axisangle, translation = self._run(
+            self.pose_decoder, {"params": variables["params"]["pose"]}, feats[-1])
         return (axisangle, translation), stats
 
     def teacher(self, variables, image, train: bool):
         """Single-frame disparities ``{scale: (B, h, w, 1)}`` and the teacher features."""
         feats, stats = self._apply(self.mono_encoder, variables, "mono_encoder", train, image)
-        disps = self.mono_depth.apply({"params": variables["params"]["mono_depth"]}, feats)
+        disps = self._run(self.mono_depth, {"params": variables["params"]["mono_depth"]}, feats)
         return (disps, feats), stats
 
     def multi_frame(self, variables, image, lookup_images, lookup_poses, K, inv_K,
@@ -134,8 +162,8 @@ class ManyDepth:
         """
         (feats, lowest_cost, confidence), stats = self._apply(
             self.encoder, variables, "encoder", train, image, lookup_images, lookup_poses, K,
-            inv_K, min_depth_bin, max_depth_bin)
-        disps = self.depth.apply({"params": variables["params"]["depth"]}, feats)
+            inv_K, min_depth_bin, max_depth_bin, float32_args=5)
+        disps = self._run(self.depth, {"params": variables["params"]["depth"]}, feats)
         return (disps, feats, lowest_cost, confidence), stats
 
 

@@ -27,6 +27,8 @@ from mal_jax.models.resnet import (
 BORDER_MARGIN = 2
 # Stand-in for "no cost" when looking for the lowest cost (the reference's visualisation value).
 NO_COST = 100.0
+# Depth planes warped per iteration of the cost-volume loop (a divisor of the bin count is used).
+BINS_PER_CHUNK = 4
 
 
 def depth_bins(min_depth: jnp.ndarray, max_depth: jnp.ndarray, num_bins: int,
@@ -37,36 +39,49 @@ def depth_bins(min_depth: jnp.ndarray, max_depth: jnp.ndarray, num_bins: int,
     return jnp.linspace(min_depth, max_depth, num_bins)
 
 
+def _bins_per_chunk(num_bins: int) -> int:
+    """Largest divisor of ``num_bins`` not above ``BINS_PER_CHUNK``."""
+    return max(n for n in range(1, min(BINS_PER_CHUNK, num_bins) + 1) if num_bins % n == 0)
+
+
 def _single_cost_volume(current_feats, lookup_feats, lookup_poses, K, inv_K, bins):
     """Cost volume of one sample: (h, w, C) current, (N, h, w, C) lookups -> (h, w, D)."""
     height, width, _ = current_feats.shape
     num_bins = bins.shape[0]
-    planes = jnp.broadcast_to(bins[:, None, None], (num_bins, height, width))
-    points = geometry.backproject_depth(planes, jnp.broadcast_to(inv_K, (num_bins, 4, 4)))
-
     ys = jnp.arange(height)[:, None]
     xs = jnp.arange(width)[None, :]
     current_valid = ((ys >= BORDER_MARGIN) & (ys < height - BORDER_MARGIN)
                      & (xs >= BORDER_MARGIN) & (xs < width - BORDER_MARGIN))
 
-    def one_lookup(feats, pose):
-        coords = geometry.project_points(points, jnp.broadcast_to(K, (num_bins, 4, 4)),
-                                         jnp.broadcast_to(pose, (num_bins, 4, 4)))
-        # One image, all depth planes stacked along the grid's rows: no copies of the features.
-        warped = geometry.grid_sample(feats[None], coords.reshape(1, num_bins * height, width, 2),
-                                      padding="zeros").reshape(num_bins, height, width, -1)
-        x_pix = (coords[..., 0] / 2 + 0.5) * (width - 1)
-        y_pix = (coords[..., 1] / 2 + 0.5) * (height - 1)
-        lookup_valid = ((x_pix >= BORDER_MARGIN) & (x_pix <= width - BORDER_MARGIN)
-                        & (y_pix >= BORDER_MARGIN) & (y_pix <= height - BORDER_MARGIN))
-        # A lookup frame whose pose sums to zero is missing (start of a sequence, or the
-        # matching augmentation): it contributes nothing.
-        present = jnp.sum(pose) != 0
-        valid = lookup_valid & current_valid[None] & present
-        diffs = jnp.mean(jnp.abs(warped - current_feats[None]), axis=-1) * valid
-        return diffs
+    def chunk_diffs(chunk_bins):
+        """(N, n, h, w) mean absolute feature differences for ``n`` depth planes."""
+        num = chunk_bins.shape[0]
+        planes = jnp.broadcast_to(chunk_bins[:, None, None], (num, height, width))
+        points = geometry.backproject_depth(planes, jnp.broadcast_to(inv_K, (num, 4, 4)))
 
-    diffs = jax.vmap(one_lookup)(lookup_feats, lookup_poses)  # (N, D, h, w)
+        def one_lookup(feats, pose):
+            coords = geometry.project_points(points, jnp.broadcast_to(K, (num, 4, 4)),
+                                             jnp.broadcast_to(pose, (num, 4, 4)))
+            # One image, the chunk's planes stacked along the grid's rows: no feature copies.
+            warped = geometry.grid_sample(feats[None], coords.reshape(1, num * height, width, 2),
+                                          padding="zeros").reshape(num, height, width, -1)
+            x_pix = (coords[..., 0] / 2 + 0.5) * (width - 1)
+            y_pix = (coords[..., 1] / 2 + 0.5) * (height - 1)
+            lookup_valid = ((x_pix >= BORDER_MARGIN) & (x_pix <= width - BORDER_MARGIN)
+                            & (y_pix >= BORDER_MARGIN) & (y_pix <= height - BORDER_MARGIN))
+            # A lookup frame whose pose sums to zero is missing (start of a sequence, or the
+            # matching augmentation): it contributes nothing.
+            present = jnp.sum(pose) != 0
+            valid = lookup_valid & current_valid[None] & present
+            return jnp.mean(jnp.abs(warped - current_feats[None]), axis=-1) * valid
+
+        return jax.vmap(one_lookup)(lookup_feats, lookup_poses)
+
+    # A few planes at a time: each chunk's warped features (n, h, w, C) stay in the CPU's
+    # cache instead of all 96 planes' going through memory (2x faster at 96x320 on a CPU).
+    per_chunk = _bins_per_chunk(num_bins)
+    chunks = jax.lax.map(chunk_diffs, bins.reshape(num_bins // per_chunk, per_chunk))
+    diffs = jnp.moveaxis(chunks, 1, 0).reshape(chunks.shape[1], num_bins, height, width)
     counts = jnp.sum((diffs > 0).astype(jnp.float32), axis=0)
     cost = jnp.sum(diffs, axis=0) / (counts + 1e-7)
     missing = cost == 0
@@ -134,9 +149,12 @@ class MatchingEncoder(nn.Module):
 
         bins = depth_bins(min_depth_bin, max_depth_bin, self.num_depth_bins,
                           self.inverse_depth_bins)
+        # The cost volume stays in float32 when the network computes in bfloat16: its arg-min
+        # picks among 96 close costs.
         cost, confidence, lowest_cost = jax.lax.stop_gradient(cost_volume(
-            feats1, lookup_feats, lookup_poses, K, inv_K, bins))
-        cost = cost * confidence[..., None]
+            feats1.astype(jnp.float32), lookup_feats.astype(jnp.float32), lookup_poses, K,
+            inv_K, bins))
+        cost = (cost * confidence[..., None]).astype(feats1.dtype)
         x = nn.relu(conv(channels[1], 3, 1, 1, name="reduce_conv")(
             jnp.concatenate([feats1, cost], axis=-1)))
         features = [feats0, feats1]

@@ -1,19 +1,26 @@
-"""Train-step benchmark of the KITTI model (ResNet-18, 96 bins) on random frames.
+"""Train-step and evaluation benchmark of the KITTI model (ResNet-18, 96 bins) on random frames.
 
-    python -m mal_jax.studies.bench --height 192 --width 640 --batch_size 12 --steps 10 [--no_mal]
+    python -m mal_jax.studies.bench --height 96 --width 320 --batch_size 4 --steps 5 \\
+        [--no_mal] [--compile_twice] [--profile] [--json FILE]
 
-Prints compile time, median step time, images/s and peak memory (device allocator where it
-reports one, otherwise the process's peak resident memory); the last line is
-``step_s <median seconds>``. Frames are random, with a few rectangular instances per frame
-that move between frames, so MAL's matching and synthesis do real work.
+Prints the train step's compile time (with ``--compile_twice``: first in a child process with an
+empty compilation cache, then again here from that cache), median step time, training and
+evaluation images/s and peak memory (device allocator where it reports one, otherwise the
+process's peak resident memory); ``--profile`` adds the table of where the step's time goes
+(``mal_jax.studies.profile_step``), printed after the line ``step_s <median seconds>``. Frames are
+random, with a few rectangular instances per frame that move between frames, so MAL's matching
+and synthesis do real work.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -21,7 +28,10 @@ import numpy as np
 
 from configs import kitti_mal
 from mal_jax.data.synthetic import intrinsics_pyramid
-from mal_jax.train import trainer
+from mal_jax.eval.inference import make_batch_predictor
+from mal_jax.studies import profile_step
+from mal_jax.train import compilation_cache, trainer
+from mal_jax.train.checkpointing import InferenceModel
 from mal_jax.train.state import create_state, learning_rate_schedule, make_optimizer
 from mal_jax.train.step import initial_balance, make_train_step, step_settings
 
@@ -58,7 +68,20 @@ def peak_memory_bytes() -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"
 
 
-def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool) -> dict:
+def _count_cache_hits() -> list[int]:
+    """A one-element counter of persistent-cache hits from now on (JAX monitoring events)."""
+    hits = [0]
+
+    def listener(event: str, **_):
+        if event == "/jax/compilation_cache/cache_hits":
+            hits[0] += 1
+
+    jax.monitoring.register_event_listener(listener)
+    return hits
+
+
+def build_step(height: int, width: int, batch_size: int, mal: bool):
+    """(model, jitted step, state, batch, config) for the KITTI model on random frames."""
     config = kitti_mal.get_config()
     config.data.height, config.data.width = height, width
     config.training.batch_size = batch_size
@@ -80,10 +103,39 @@ def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool) -
     state = jax.device_put(state, replicated)
     batch = trainer.shard_batch(random_batch(batch_size, height, width,
                                              config.data.max_instances), data)
-    rng = jax.random.PRNGKey(1)
+    return model, step, state, batch, variables
+
+
+def compile_step(step, state, batch) -> tuple:
+    """(compiled step, seconds from tracing to executable, persistent-cache hits)."""
+    hits = _count_cache_hits()
     tic = time.perf_counter()
-    compiled = step.lower(state, batch, rng).compile()
-    compile_s = time.perf_counter() - tic
+    compiled = step.lower(state, batch, jax.random.PRNGKey(1)).compile()
+    return compiled, time.perf_counter() - tic, hits[0]
+
+
+def eval_images_per_s(model, variables, height: int, width: int, batch_size: int,
+                      steps: int) -> float:
+    """Images/s of the jitted batched evaluation forward (both networks, as ``eval.py``)."""
+    inference = InferenceModel(model, variables, 0.1, 10.0, height, width)
+    predict = make_batch_predictor(inference, 1e-3, 80.0, batch_size)
+    K, inv_K = intrinsics_pyramid(height, width)
+    frames = np.random.default_rng(2).uniform(size=(batch_size, 2, height, width, 3))
+    batch = {"frames": frames.astype(np.float32),
+             "K": np.broadcast_to(K, (batch_size,) + K.shape),
+             "inv_K": np.broadcast_to(inv_K, (batch_size,) + inv_K.shape)}
+    predict(batch)  # compile
+    tic = time.perf_counter()
+    for _ in range(steps):
+        predict(batch)
+    return batch_size * steps / (time.perf_counter() - tic)
+
+
+def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool):
+    """The figures (dict) and a function that profiles the compiled step (table rows)."""
+    model, step, state, batch, variables = build_step(height, width, batch_size, mal)
+    compiled, compile_s, hits = compile_step(step, state, batch)
+    rng = jax.random.PRNGKey(1)
     times = []
     for index in range(steps + 1):
         tic = time.perf_counter()
@@ -91,14 +143,42 @@ def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool) -
         jax.block_until_ready((state, metrics))
         if index:  # the first call pays one-off allocation costs
             times.append(time.perf_counter() - tic)
-    peak, peak_kind = peak_memory_bytes()
     median = float(np.median(times))
-    return {"compile_s": compile_s, "step_s": median, "images_per_s": batch_size / median,
-            "peak_bytes": peak, "peak_kind": peak_kind, "loss": float(metrics["loss"]),
-            "device": jax.devices()[0].device_kind, "num_devices": jax.device_count()}
+    tic = time.perf_counter()
+    trainer.shard_batch(random_batch(batch_size, height, width, 8), batch["frames"].sharding)
+    result = {"compile_s": compile_s, "compile_cache_hits": hits, "step_s": median,
+              "images_per_s": batch_size / median,
+              "batch_to_device_s": time.perf_counter() - tic,
+              "loss": float(metrics["loss"]), "device": jax.devices()[0].device_kind,
+              "num_devices": jax.device_count()}
+    result["eval_images_per_s"] = eval_images_per_s(model, variables, height, width,
+                                                    batch_size, steps)
+    result["peak_bytes"], result["peak_kind"] = peak_memory_bytes()
+    holder = {"state": state}
+
+    def call():
+        holder["state"], out = compiled(holder["state"], batch, rng)
+        return out
+
+    return result, lambda: profile_step.profile_compiled(compiled, call, steps)
 
 
-def main(argv=None) -> int:
+def compile_in_child(args, cache_dir: str) -> dict:
+    """Compile the step in a fresh process with ``cache_dir``; its figures and cache entry."""
+    before = set(os.listdir(cache_dir))
+    command = [sys.executable, "-m", "mal_jax.studies.bench", "--compile_only",
+               "--cache_dir", cache_dir, "--height", str(args.height), "--width",
+               str(args.width), "--batch_size", str(args.batch_size)]
+    command += ["--no_mal"] if args.no_mal else []
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"bench: the compile-only child failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["new_cache_entries"] = sorted(set(os.listdir(cache_dir)) - before)
+    return result
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=192)
     parser.add_argument("--width", type=int, default=640)
@@ -106,17 +186,52 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no_mal", action="store_true", help="plain ManyDepth losses")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
+    parser.add_argument("--cache_dir", default="",
+                        help="compilation cache directory (default: $MAL_JAX_CACHE or "
+                             "~/.cache/mal_jax_xla)")
+    parser.add_argument("--compile_twice", action="store_true",
+                        help="compile first in a child process with an empty cache, then here "
+                             "from that cache (compile_first_s, compile_s)")
+    parser.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where the step's time goes, per model part")
     args = parser.parse_args(argv)
     if args.height % 32 or args.width % 32:
         parser.error(f"--height/--width must be multiples of 32, got {args.height}x{args.width}")
-    result = benchmark(args.height, args.width, args.batch_size, args.steps, not args.no_mal)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    first = None
+    if args.compile_twice:
+        args.cache_dir = tempfile.mkdtemp(prefix="mal_jax_bench_cache_")
+        first = compile_in_child(args, args.cache_dir)
+    compilation_cache.enable(args.cache_dir or None)
+    if args.compile_only:
+        *_, compile_s, hits = compile_step(*build_step(args.height, args.width,
+                                                       args.batch_size, not args.no_mal)[1:4])
+        print(json.dumps({"compile_s": compile_s, "compile_cache_hits": hits}))
+        return 0
+    result, profile = benchmark(args.height, args.width, args.batch_size, args.steps,
+                                not args.no_mal)
+    if first is not None:
+        result["compile_first_s"] = first["compile_s"]
+        result["cache_entries_written_by_first"] = first["new_cache_entries"]
     print(f"device: {result['num_devices']} x {result['device']}")
     print(f"model: ResNet-18, 96 bins, {'ManyDepth' if args.no_mal else 'ManyDepth+MAL'}, "
           f"{args.batch_size}x{args.height}x{args.width}")
-    print(f"compile_s {result['compile_s']:.1f}")
+    if first is not None:
+        print(f"compile_first_s {first['compile_s']:.1f} (empty cache, child process)")
+    print(f"compile_s {result['compile_s']:.1f} (persistent-cache hits: "
+          f"{result['compile_cache_hits']})")
     print(f"images_per_s {result['images_per_s']:.2f}")
+    print(f"eval_images_per_s {result['eval_images_per_s']:.2f}")
     print(f"peak_memory_gib {result['peak_bytes'] / 2**30:.2f} ({result['peak_kind']})")
-    print(f"step_s {result['step_s']:.4f}")
+    print(f"step_s {result['step_s']:.4f}", flush=True)
+    if args.profile:  # after the figures: tracing a long step takes a while
+        result["profile"] = profile()
+        print(profile_step.markdown_table(result["profile"]))
     if args.json:
         settings = {"height": args.height, "width": args.width, "batch_size": args.batch_size,
                     "steps": args.steps, "mal": not args.no_mal}

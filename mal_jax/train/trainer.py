@@ -37,7 +37,8 @@ def build_model(config: ml_collections.ConfigDict) -> ManyDepth:
     return ManyDepth(num_layers=config.model.num_layers,
                      num_depth_bins=config.model.num_depth_bins,
                      inverse_depth_bins=config.model.inverse_depth_bins,
-                     scales=tuple(config.model.scales))
+                     scales=tuple(config.model.scales),
+                     compute_dtype=config.model.compute_dtype)
 
 
 def freeze_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
