@@ -10,14 +10,16 @@ Each group is ``fn(ctx) -> list[Check]`` over a ``parity.Context``:
   temporal hints of its own).
 * ``mal/loss_balance``: the weights after each update of the golden loss sequence.
 
-The distillation loss picks, per pixel, the candidate with the lowest reprojection error.
-Reprojection errors carry ~1e-5 of float32 noise (pixel coordinates of ~300 px in float32
-move a bilinear sample by ~1e-6), and at a few hundred near-tied pixels that noise flips the
-choice, moving the loss by up to ~1e-3 relative (on the 96x320 fixture the distillation loss
-spans +-1.5e-3 over the choices at pixels whose errors are within 3e-6). So ``distil_loss``
-passes when the reference value lies within the range the loss can take by re-deciding the
-pixels whose candidates are within ``TIE_TOLERANCE`` of each other (widened by the loss
-tolerance), or within the loss tolerance itself; the printed error is the plain difference.
+Every term is computed in float64 from ``Context.train_float64`` (the reference's discrete
+decisions substituted). The distillation loss picks, per pixel, the candidate with the lowest
+reprojection error; the checked value takes the teacher's and the ensemble's errors from the
+file (``mal/mono_reproj_min``, ``mal/ensemble_reproj``) and the student's from the port. Where
+candidates are within ``TIE_TOLERANCE`` of each other the choice is ill-conditioned (file
+maps are stored in float32; the 96x320 file's were computed in float32), so ``distil_loss``
+passes when the reference value lies within the range the loss can take by re-deciding those
+pixels (widened by the loss tolerance), or within the loss tolerance itself; the printed
+error is the plain difference. The same losses from the port's own error maps are printed
+as information.
 """
 
 from __future__ import annotations
