@@ -64,6 +64,9 @@ class _StoredOutputsContext:
     def train_outputs(self):
         return None, self._outputs, None
 
+    def train_float64(self):
+        return None, None, self._outputs
+
 
 @pytest.fixture(scope="module")
 def golden_ctx(golden):
