@@ -1,5 +1,6 @@
 """Shared test fixtures: the golden parity file and a persistent compilation cache."""
 
+import os
 import pathlib
 
 import pytest
