@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from mal_jax.core import objective
+from mal_jax.core import network_losses
 from mal_jax.models import matching
 from mal_jax.port import parity
 
@@ -101,12 +101,12 @@ def test_inverted_confidence_mask_fails(golden_path, monkeypatch):
 
 def test_missing_gradient_path_fails(golden_path, monkeypatch):
     """The poses' gradient through the warp cut: the pose network's gradients fail."""
-    warped_candidates = objective.warped_candidates
+    warp_sources = network_losses.warp_sources
 
     def detached_pose(frames, depth, cam_T_cam, K0, inv_K0):
-        return warped_candidates(frames, depth, jax.lax.stop_gradient(cam_T_cam), K0, inv_K0)
+        return warp_sources(frames, depth, jax.lax.stop_gradient(cam_T_cam), K0, inv_K0)
 
-    monkeypatch.setattr(objective, "warped_candidates", detached_pose)
+    monkeypatch.setattr(network_losses, "warp_sources", detached_pose)
     ok, _, lines = _run(golden_path, groups=("grad",))
     assert not ok
     line = _group_line(lines, "grad")

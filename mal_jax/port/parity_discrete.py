@@ -23,7 +23,7 @@ from mal_jax.core import geometry
 from mal_jax.models import matching
 from mal_jax.port import conditioning
 from mal_jax.port.checks import Check
-from mal_jax.port.parity import EVAL_BINS, TRAIN_BINS, as_float64
+from mal_jax.port.context import EVAL_BINS, TRAIN_BINS, as_float64
 
 # Cost gaps up to this are ties (cost: mean |feature difference|, ~0.6-1 on the golden files).
 # The reference's own float32 and float64 training-mode arg-mins differ on 1.1% of the
@@ -100,12 +100,12 @@ def matching_conditioning(ctx, variables, image, lookup, pose, K2, bins, train):
 
 def group_eval_cost_volume(ctx) -> list[Check]:
     """Eval-mode lowest cost and confidence (real pose), and confidence with a zero pose."""
-    from mal_jax.port.parity import _eval_multi
+    from mal_jax.port.context import eval_multi
 
     g = ctx.golden
     pose = jnp.asarray(g["eval/relative_pose/-1"])
-    _, _, lowest_cost, confidence = _eval_multi(ctx, pose)
-    _, _, _, confidence_zero = _eval_multi(ctx, jnp.zeros_like(pose))
+    _, _, lowest_cost, confidence = eval_multi(ctx, pose)
+    _, _, _, confidence_zero = eval_multi(ctx, jnp.zeros_like(pose))
     _, ill_cost, ill_border = matching_conditioning(
         ctx, ctx.variables, ctx.colors[0], ctx.colors[-1], pose, ctx.batch["K"][:, 2],
         EVAL_BINS, train=False)

@@ -34,8 +34,9 @@ from mal_jax.core import network_losses
 from mal_jax.mal import distillation, loss_balance
 from mal_jax.mal.temporal_hints import synthesize_linear_motion
 from mal_jax.port import conditioning
+from mal_jax.port.checks import Check, compare_abs, compare_rel
+from mal_jax.port.context import as_float64
 from mal_jax.port.golden import nchw_to_nhwc
-from mal_jax.port.parity import Check, as_float64, compare_abs, compare_rel
 
 LOSS_TOL = 1e-4
 MAP_TOL = 1e-4

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mal_jax.port.context import EVAL_BINS, Context
 from mal_jax.port.golden import GoldenFile, nchw_to_nhwc
-from mal_jax.port.parity import EVAL_BINS, Context
 
 
 def disparity_errors(ctx: Context, compute_dtype: str) -> dict[str, float]:
