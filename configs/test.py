@@ -1,4 +1,5 @@
-"""Tiny configuration used by the tests: seconds per step on a CPU, every code path on."""
+"""Tiny configuration used by the tests: seconds per step on a CPU, the published recipe's
+code paths on (student hints, an option, are tested in tests/test_mal_losses.py)."""
 
 from configs import default
 
