@@ -79,7 +79,8 @@ def golden_ctx(golden):
 def test_golden_mal_groups(golden_ctx, group):
     checks = getattr(parity_mal, group)(golden_ctx)
     assert checks
-    failed = [(c.name, c.max_abs, c.rel, c.detail) for c in checks if not c.ok]
+    # ``info`` checks (the port's own error maps deciding the target) never decide a verdict.
+    failed = [(c.name, c.max_abs, c.rel, c.detail) for c in checks if not (c.ok or c.info)]
     assert not failed, failed
 
 
@@ -123,13 +124,14 @@ def test_golden_distillation_values(golden_ctx):
 
 
 def test_golden_teacher_loss_is_smaller_with_extra_candidates(golden_ctx):
-    """More candidates can only lower the per-pixel minimum (up to XLA's rounding of the
-    warped candidates, computed in another compilation)."""
+    """More candidates can only lower the per-pixel minimum (up to rounding: the MAL terms are
+    computed in float64, the plain teacher error here in float32)."""
     terms = parity_mal._mal_terms(golden_ctx)
     outputs = golden_ctx.train_outputs()[1]
     _, plain, plain_error = jax.jit(
         lambda o, b: network_losses.teacher_loss(o, b, SCALE_0))(outputs, golden_ctx.batch)
-    assert np.all(terms["teacher_error"] <= plain_error * (1 + 2e-5))
+    # float64 vs float32 warps: up to 3.8e-5 apart on 0.7% of pixels (measured 2026-12-02).
+    assert np.all(terms["teacher_error"] <= plain_error + 1e-4)
     assert np.mean(terms["teacher_error"] < plain_error - 1e-3) > 0.01
     assert terms["teacher"]["reproj_loss/0"] != plain["reproj_loss/0"]
 

@@ -156,8 +156,9 @@ def test_masks_needed_only_for_temporal_hints_in_training(kitti_tree):
     config.data.masks_root = ""
     registry.check_config(config, training=False)  # evaluation reads no masks
     config.mal.temporal = False
+    config.mal.main_temporal = True  # student hints (an option) need masks too
     with pytest.raises(registry.ConfigError, match="masks_root=''"):
-        registry.check_config(config)  # main_temporal still on
+        registry.check_config(config)
     config.mal.main_temporal = False
     registry.check_config(config)  # distillation alone needs no masks
     config.data.train_split_file = "/no/train.txt"
