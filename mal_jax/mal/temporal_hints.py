@@ -60,6 +60,14 @@ class TemporalHintConfig:
     dice_weight: float = 1.0
     dice_on_sigmoid: bool = True
 
+    def match_settings(self) -> dict:
+        """The keyword arguments of :func:`match_instances` these settings fix."""
+        return dict(score_threshold=self.score_threshold,
+                    binarize_threshold=self.binarize_threshold,
+                    source_score_threshold=self.source_score_threshold,
+                    class_cost=self.class_cost, dice_weight=self.dice_weight,
+                    dice_on_sigmoid=self.dice_on_sigmoid)
+
 
 def _box_edges(masks: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
     """Last and first index along ``axis`` (1 rows, 2 columns) holding a pixel, per object.
@@ -210,17 +218,7 @@ def matched_object_masks(current: FrameInstances, prev: FrameInstances,
                          next_: FrameInstances, config: TemporalHintConfig):
     """One sample's matched objects: binary masks (K, H, W) of each frame-t slot's object in
     warped t-1 and in warped t+1 (cleared where unmatched) and the (K,) matched flags."""
-    match = match_instances(
-        current,
-        prev,
-        next_,
-        score_threshold=config.score_threshold,
-        binarize_threshold=config.binarize_threshold,
-        source_score_threshold=config.source_score_threshold,
-        class_cost=config.class_cost,
-        dice_weight=config.dice_weight,
-        dice_on_sigmoid=config.dice_on_sigmoid,
-    )
+    match = match_instances(current, prev, next_, **config.match_settings())
     keep = match.valid[:, None, None]
     masks_last = _gather_slots(
         binarize_warped_masks(prev.masks, config.binarize_threshold), match.last_index

@@ -146,15 +146,8 @@ def oracle_maps(batch: dict, config: TemporalHintConfig = DEFAULT_HINTS,
     baseline = losses.per_pixel_minimum(errors[..., :2])[..., 0]
     mal = losses.per_pixel_minimum(errors)[..., 0]
 
-    settings = dict(
-        score_threshold=config.score_threshold,
-        binarize_threshold=config.binarize_threshold,
-        source_score_threshold=config.source_score_threshold,
-        class_cost=config.class_cost,
-        dice_weight=config.dice_weight,
-        dice_on_sigmoid=config.dice_on_sigmoid,
-    )
-    matched = jax.vmap(functools.partial(match_instances, **settings))(current, prev, next_).valid
+    matched = jax.vmap(functools.partial(match_instances, **config.match_settings()))(
+        current, prev, next_).valid
     matched_cover = jnp.any((current.masks > 0.5) & matched[:, :, None, None], axis=1)
     return {
         "baseline": baseline,
