@@ -101,7 +101,9 @@ def _shift(padded: jax.Array, row_shift: jax.Array, col_shift: jax.Array, height
     # Beyond a full image size everything is outside anyway; clipping keeps the slice exact.
     row_shift = jnp.clip(row_shift, -height, height)
     col_shift = jnp.clip(col_shift, -width, width)
-    starts = (height - row_shift, width - col_shift) + (0,) * (padded.ndim - 2)
+    # Every start in the shift's integer type (a literal 0 would be int64 under x64).
+    zero = jnp.zeros((), row_shift.dtype)
+    starts = (height - row_shift, width - col_shift) + (zero,) * (padded.ndim - 2)
     return jax.lax.dynamic_slice(padded, starts, (height, width) + padded.shape[2:])
 
 

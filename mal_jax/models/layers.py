@@ -35,8 +35,9 @@ class TorchBatchNorm(nn.Module):
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         compute_dtype = x.dtype
-        # Statistics in float32 also when the network computes in bfloat16.
-        x = x.astype(jnp.float32)
+        # Statistics in float32 at least: also when the network computes in bfloat16, and in
+        # float64 when it computes in float64 (the float64 checks).
+        x = x.astype(jnp.promote_types(compute_dtype, jnp.float32))
         if train:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)

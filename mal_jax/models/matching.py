@@ -149,10 +149,11 @@ class MatchingEncoder(nn.Module):
 
         bins = depth_bins(min_depth_bin, max_depth_bin, self.num_depth_bins,
                           self.inverse_depth_bins)
-        # The cost volume stays in float32 when the network computes in bfloat16: its arg-min
-        # picks among 96 close costs.
+        # The cost volume stays in float32 (at least) when the network computes in bfloat16:
+        # its arg-min picks among 96 close costs.
+        volume_dtype = jnp.promote_types(feats1.dtype, jnp.float32)
         cost, confidence, lowest_cost = jax.lax.stop_gradient(cost_volume(
-            feats1.astype(jnp.float32), lookup_feats.astype(jnp.float32), lookup_poses, K,
+            feats1.astype(volume_dtype), lookup_feats.astype(volume_dtype), lookup_poses, K,
             inv_K, bins))
         cost = (cost * confidence[..., None]).astype(feats1.dtype)
         x = nn.relu(conv(channels[1], 3, 1, 1, name="reduce_conv")(
