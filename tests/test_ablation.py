@@ -162,7 +162,12 @@ def test_tiny_ablation_fine_tunes_the_shared_pretraining(tiny_ablation):
         assert trajectory["step"] == [1, 2, 3, 4]
         weights = np.array([trajectory["w_original"], trajectory["w_distil"]])
         assert np.all(np.isfinite(weights)) and np.all(weights > 0)
-        assert not np.allclose(weights[:, 0], 0.5)  # the first update moved them from 1/2
+        # The first update with both losses positive moves them from 1/2 (a step whose
+        # samples all had matching augmentation has distillation loss 0 and leaves them; with
+        # batch 2 that is 1 step in 4), and later updates never bring both back exactly.
+        assert not np.allclose(weights[:, -1], 0.5)
+        moved = ~np.all(np.isclose(weights, 0.5), axis=0)
+        assert np.all(moved[np.argmax(moved):])
         assert balance["baseline"][seed] == {"step": [], "w_original": [], "w_distil": []}
     # The seeds fine-tune on different data orders and augmentations, so the results differ.
     assert runs["mal"]["0"] != runs["mal"]["1"]
