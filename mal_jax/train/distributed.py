@@ -70,6 +70,12 @@ def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
             for key, value in batch.items()}
 
 
+def local_copy(tree):
+    """Replicated global arrays -> this process's copy on its first local device (for
+    single-device programs run by one process: no collectives, nothing to agree on)."""
+    return jax.tree.map(lambda leaf: leaf.addressable_shards[0].data, tree)
+
+
 def replicate(tree, sharding: NamedSharding):
     """Host values (equal on every process) -> global arrays replicated over ``sharding``.
     Distinct buffers per leaf: the step donates the state, and a leaf shared by two fields

@@ -109,8 +109,11 @@ class Trainer:
                                     donate_argnums=0)
         self.steps = steps
         # Replicated outputs: every process can fetch them (multi-host).
-        self.images = jax.jit(summary_images(self.model, self.settings),
-                              out_shardings=self.replicated)
+        # Image summaries run on one device of process 0, from its local batch: a program
+        # with collectives would have to be compiled identically by every process (XLA:CPU
+        # compiles may order independent all-gathers differently; seen as a gloo size mismatch
+        # in tests/test_multihost.py), and the others would run it only to discard the result.
+        self.images = jax.jit(summary_images(self.model, self.settings))
         self.manager = checkpointing.checkpoint_manager(workdir, config.training.keep_checkpoints)
         self.meta = {**checkpointing.model_meta(self.model, config.data.height, config.data.width),
                      "config": json.loads(checkpointing.config_json(config))}
@@ -192,8 +195,8 @@ class Trainer:
             start_step=step)
         base_rng = jax.device_get(state.rng)  # the state is donated to each step
         tic = time.perf_counter()
-        for batch in batches:
-            batch = distributed.shard_batch(batch, self.data_sharding)
+        for local_batch in batches:
+            batch = distributed.shard_batch(local_batch, self.data_sharding)
             # A global (replicated) key: multi-process jit takes global arrays only.
             rng = distributed.replicate(jax.random.fold_in(base_rng, step), self.replicated)
             state, metrics = self.step_fn(step)(state, batch, rng)
@@ -207,7 +210,7 @@ class Trainer:
                 scalars["skipped_nonfinite_steps"] = self.skipped_steps
                 writer.write_scalars(step, scalars)
                 tic = time.perf_counter()
-            self._periodic_actions(step, last, state, batch, writer)
+            self._periodic_actions(step, last, state, local_batch, writer)
             if step >= last:
                 break
         self.manager.wait_until_finished()
@@ -231,11 +234,13 @@ class Trainer:
             f"{checkpointing.checkpoint_dir(self.workdir)} is kept (set "
             "training.skip_nonfinite_steps=True to skip such steps)")
 
-    def _periodic_actions(self, step: int, last: int, state, batch: dict, writer) -> None:
-        """Image summaries, checkpoints and evaluation when due after ``step`` steps."""
+    def _periodic_actions(self, step: int, last: int, state, local_batch: dict,
+                          writer) -> None:
+        """Image summaries (of this process's ``local_batch``), checkpoints and evaluation
+        when due after ``step`` steps."""
         training = self.config.training
-        if periodic.is_due(step, training.image_every_steps):
-            images = jax.device_get(self.images(state, batch))
+        if periodic.is_due(step, training.image_every_steps) and workdir_files.is_writer():
+            images = jax.device_get(self.images(distributed.local_copy(state), local_batch))
             writer.write_images(step, {k: np.clip(v[:4], 0, 1) if v.shape[-1] in (1, 3)
                                        else v[:4] for k, v in images.items()})
         if periodic.is_due(step, training.checkpoint_every_steps, last):
