@@ -79,6 +79,10 @@ def test_resume_refuses_other_image_size_naming_the_field(tmp_path):
     with pytest.raises(ValueError, match=r"model\.num_depth_bins=16, the config has "
                                          r"model\.num_depth_bins=8"):
         _restore(tmp_path, {**META, "model": {"num_layers": 18, "num_depth_bins": 8}})
+    # A checkpoint without the optimizer-state layout record (Adam per parameter array).
+    with pytest.raises(ValueError, match=r"checkpoints/3 stores the optimizer state as None .*"
+                                         r"this version as 'adam_flat'"):
+        _restore(tmp_path, {**META, "opt_state": state.OPT_STATE_LAYOUT})
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "3"]
     assert int(_restore(tmp_path)[0].step) == 3
 

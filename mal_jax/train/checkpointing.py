@@ -88,7 +88,13 @@ def _first_line(error: BaseException) -> str:
 
 def check_meta(found: dict, expected: dict, where: str) -> None:
     """Refuse a config whose model or image size differs from the checkpoint's, naming the
-    config field (``data.height``, ``model.num_depth_bins``, ...)."""
+    config field (``data.height``, ``model.num_depth_bins``, ...), or whose optimizer state
+    has another layout (``opt_state``)."""
+    if "opt_state" in expected and found.get("opt_state") != expected["opt_state"]:
+        raise ValueError(f"{where} stores the optimizer state as {found.get('opt_state')!r} "
+                         f"(None: per parameter array, before 2026-12-06), this version as "
+                         f"{expected['opt_state']!r}: start a new workdir, or fine-tune from it "
+                         "(model.weights_folder) without training.carry_optimizer_state")
     fields = {"data.height": ("height",), "data.width": ("width",),
               **{f"model.{name}": ("model", name) for name in expected["model"]}}
     for field, keys in fields.items():

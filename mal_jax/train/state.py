@@ -56,9 +56,21 @@ def learning_rate_schedule(learning_rate: float, decay_step: int, decay_factor: 
     return schedule
 
 
+# How ``TrainState.opt_state`` is laid out, recorded in every checkpoint's metadata: Adam's
+# moments as one flat vector (``make_optimizer``). Checkpoints written before 2026-12-06 hold
+# them per parameter array (no record) and are refused on resume, naming this.
+OPT_STATE_LAYOUT = "adam_flat"
+
+
 def make_optimizer(schedule) -> optax.GradientTransformation:
-    """Adam with torch's defaults (betas 0.9/0.999, eps 1e-8), as the reference."""
-    return optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
+    """Adam with torch's defaults (betas 0.9/0.999, eps 1e-8), as the reference.
+
+    Adam runs on all parameters raveled into one vector (``optax.flatten``; its moments are
+    stored flat): the same element-wise arithmetic, but a few large operations instead of a
+    dozen per parameter array, which cuts the train step's compile time by about a third
+    (93 s -> 64 s for configs/test.py on 2 CPU cores, 2026-12-06).
+    """
+    return optax.flatten(optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8))
 
 
 def freeze(tree: dict, nets: tuple[str, ...]) -> dict:

@@ -116,6 +116,7 @@ class Trainer:
         self.images = jax.jit(summary_images(self.model, self.settings))
         self.manager = checkpointing.checkpoint_manager(workdir, config.training.keep_checkpoints)
         self.meta = {**checkpointing.model_meta(self.model, config.data.height, config.data.width),
+                     "opt_state": train_state.OPT_STATE_LAYOUT,
                      "config": json.loads(checkpointing.config_json(config))}
         self.skipped_steps = 0  # non-finite steps skipped by this process's run
 
