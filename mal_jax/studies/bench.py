@@ -30,7 +30,7 @@ from configs import kitti_mal
 from mal_jax.data.synthetic import intrinsics_pyramid
 from mal_jax.eval.inference import make_batch_predictor
 from mal_jax.studies import profile_step
-from mal_jax.train import compilation_cache, trainer
+from mal_jax.train import compilation_cache, distributed, trainer
 from mal_jax.train.checkpointing import InferenceModel
 from mal_jax.train.state import create_state, learning_rate_schedule, make_optimizer
 from mal_jax.train.step import initial_balance, make_train_step, step_settings
@@ -95,13 +95,13 @@ def build_step(height: int, width: int, batch_size: int, mal: bool):
     variables = jax.jit(lambda key: model.init(key, height, width))(jax.random.PRNGKey(0))
     state = jax.tree.map(np.array, create_state(variables, optimizer, 0.1, 10.0,
                                                 initial_balance(settings), 0))
-    mesh = trainer.make_mesh()
+    mesh = distributed.make_mesh()
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     step = jax.jit(make_train_step(model, optimizer, schedule, settings, frozen=False),
                    in_shardings=(replicated, data, replicated), donate_argnums=0)
     state = jax.device_put(state, replicated)
-    batch = trainer.shard_batch(random_batch(batch_size, height, width,
+    batch = distributed.shard_batch(random_batch(batch_size, height, width,
                                              config.data.max_instances), data)
     return model, step, state, batch, variables
 
@@ -145,7 +145,7 @@ def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool):
             times.append(time.perf_counter() - tic)
     median = float(np.median(times))
     tic = time.perf_counter()
-    trainer.shard_batch(random_batch(batch_size, height, width, 8), batch["frames"].sharding)
+    distributed.shard_batch(random_batch(batch_size, height, width, 8), batch["frames"].sharding)
     result = {"compile_s": compile_s, "compile_cache_hits": hits, "step_s": median,
               "images_per_s": batch_size / median,
               "batch_to_device_s": time.perf_counter() - tic,
