@@ -37,6 +37,12 @@ def test_part_of_rules():
     stack = [("/x/mal_jax/models/manydepth.py", "teacher"), ("/x/flax/linen.py", "apply")]
     assert profile_step.part_of("jit(f)/ResnetEncoder/layer1/conv", stack) == "teacher encoder"
     assert profile_step.part_of("jit(f)/DepthDecoder/upconv", stack) == "teacher decoder"
+    # Only flax's frame on the Python stack: the name stack's module decides.
+    flax_only = [("/x/flax/linen/linear.py", "_Conv.__call__")]
+    assert profile_step.part_of("jit(f)/transpose(jvp(ResnetEncoder))/layer4/1/conv2/conv",
+                                flax_only) == "teacher and pose encoders"
+    assert profile_step.part_of("jit(f)/jvp(DepthDecoder)/upconv_4_0/conv", flax_only) \
+        .startswith("depth decoders")
     cost = [("/x/mal_jax/models/matching.py", "one_lookup"),
             ("/x/mal_jax/core/geometry.py", "grid_sample")]
     assert profile_step.part_of("jit(f)/MatchingEncoder/gather", cost) == "cost volume"

@@ -34,6 +34,17 @@ _BY_NETWORK = (  # (manydepth.py method, flax module) -> part
     (("multi_frame", "MatchingEncoder"), "matching encoder"),
     (("multi_frame", "DepthDecoder"), "multi-frame decoder"),
 )
+# When the compiled HLO keeps only the innermost Python frame (flax's ``_Conv.__call__``: seen
+# with jax 0.10, whose stack-frame tables do not chain up to this package), the flax module on
+# the name stack still names the network; the teacher and pose encoders share one class.
+_BY_MODULE = (
+    ("MatchingEncoder", "matching encoder (cost volume included)"),
+    ("PoseDecoder", "pose decoder"),
+    ("ResnetEncoder", "teacher and pose encoders"),
+    ("DepthDecoder", "depth decoders (teacher and multi-frame)"),
+)
+# Ops XLA creates (layout copies of parameters, reversed kernels) carry no metadata.
+NO_SOURCE = "copies and layout changes made by XLA"
 _CONTROL_FLOW = {"while", "conditional", "call"}  # their events enclose their bodies' ops
 
 
@@ -78,6 +89,9 @@ def part_of(op_name: str, stack: list[tuple[str, str]]) -> str:
         return "MAL (hints, distillation, balancing)"
     for (method, module), part in _BY_NETWORK:
         if method in functions and f"/{module}/" in f"/{op_name}/":
+            return part
+    for module, part in _BY_MODULE:
+        if re.search(rf"\b{module}\b", op_name):
             return part
     if any(path.endswith("geometry.py") for path, _ in stack):
         return "projection and poses"
@@ -131,7 +145,7 @@ def profile_compiled(compiled, call, steps: int) -> list[dict]:
     seconds = traced_op_seconds(call, steps)
     rows = collections.defaultdict(lambda: [0.0, 0.0])
     for op, value in seconds.items():
-        part, backward = parts.get(op, ("other", False))
+        part, backward = parts.get(op, (NO_SOURCE, False))
         rows[part][int(backward)] += value
     total = sum(sum(pair) for pair in rows.values()) or 1.0
     table = [{"part": part, "forward_s": fwd, "backward_s": bwd, "total_s": fwd + bwd,
