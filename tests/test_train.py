@@ -132,8 +132,9 @@ def test_nan_in_batch_stops_and_keeps_last_good_checkpoint(trained, tmp_path, mo
     assert sorted(os.listdir(os.path.join(tmp_path, "checkpoints"))) == ["2"]
     # Resumed with skip_nonfinite_steps, the same poisoned batch is skipped, counted, and the
     # run goes on to the end with finite weights.
+    # (Its own programs: only a skipping step selects between the new and the old state.)
     config.training.skip_nonfinite_steps = True
-    resumed = _sharing_compiled_steps(trained[2], config, str(tmp_path))
+    resumed = trainer.Trainer(config, str(tmp_path))
     state = resumed.run()
     assert int(state.step) == 4 and resumed.skipped_steps == 1
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(
