@@ -21,9 +21,10 @@ def test_bench_command_reports_its_figures(tmp_path):
         env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("compile_s", "images_per_s", "eval_images_per_s", "peak_memory_gib",
-                 "step_s"):
+                 "cpu_s_per_step", "step_s"):
         assert f"\n{name} " in "\n" + result.stdout, (name, result.stdout)
     figures = json.loads(out.read_text())
     assert (figures["height"], figures["width"], figures["mal"]) == (64, 96, False)
     assert figures["step_s"] > 0 and figures["images_per_s"] > 0
+    assert figures["cpu_s_per_step"] > 0
     assert figures["eval_images_per_s"] > 0 and figures["peak_bytes"] > 0

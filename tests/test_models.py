@@ -176,3 +176,38 @@ def test_bfloat16_compute_keeps_float32_interfaces_and_tracks_float32(variables)
     assert 0 < difference < 0.05
     with pytest.raises(ValueError, match="compute_dtype"):
         ManyDepth(compute_dtype="float16")
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 20, 3), (1, 7, 9, 2)])
+def test_max_pool_equals_flax_pool_values_and_gradients(shape):
+    """Without ties the fast-gradient pool is flax's max pool, forward and backward, also
+    for odd sizes (the last window overhangs the -inf padding)."""
+    from flax import linen as nn
+
+    from mal_jax.models.pooling import max_pool
+
+    def flax_pool(x):
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+    out, pullback = jax.vjp(max_pool, x)
+    expected, expected_pullback = jax.vjp(flax_pool, x)
+    cotangent = jnp.asarray(np.random.default_rng(1).normal(size=out.shape), jnp.float32)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(pullback(cotangent)[0], expected_pullback(cotangent)[0])
+    np.testing.assert_array_equal(jax.jit(jax.grad(lambda v: max_pool(v).sum()))(x),
+                                  jax.grad(lambda v: flax_pool(v).sum())(x))
+
+
+def test_max_pool_gradient_goes_to_first_maximum_in_row_major_order():
+    """torch's rule, hand-computed on a 3x3 image: the single output's window is the whole
+    image (with padding), so all gradient goes to the first of the tied maxima."""
+    from mal_jax.models.pooling import max_pool
+
+    image = jnp.asarray([[0.0, 2.0, 1.0], [2.0, 0.0, 2.0], [1.0, 1.0, 0.0]])[None, :, :, None]
+    grad = jax.grad(lambda x: max_pool(x)[0, 0, 0, 0])(image)
+    # Output (0, 0) covers padded rows/cols -1..1: taps (0,1)=2 and (1,0)=2 tie; row-major
+    # order visits (0, 1) first.
+    expected = np.zeros((3, 3))
+    expected[0, 1] = 1.0
+    np.testing.assert_array_equal(grad[0, :, :, 0], expected)

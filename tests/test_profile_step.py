@@ -33,6 +33,18 @@ def test_profile_rows_sum_to_one_and_table_lists_every_part():
     assert all(f"| {row['part']} |" in table for row in rows)
 
 
+def test_untraced_row_is_cpu_time_minus_traced_ops():
+    rows = [{"part": "SSIM", "forward_s": 0.2, "backward_s": 0.1, "total_s": 0.3},
+            {"part": "grid sampling", "forward_s": 0.1, "backward_s": 0.0, "total_s": 0.1}]
+    table = profile_step.with_untraced_time(rows, cpu_s=1.0)
+    assert [row["part"] for row in table] == [profile_step.UNTRACED, "SSIM", "grid sampling"]
+    assert abs(table[0]["total_s"] - 0.6) < 1e-12
+    assert [round(row["share"], 6) for row in table] == [0.6, 0.3, 0.1]
+    # CPU time below the traced total (clock granularity): no negative row, shares of the ops.
+    short = profile_step.with_untraced_time(rows, cpu_s=0.3)
+    assert short[-1]["total_s"] == 0.0 and abs(sum(r["share"] for r in short) - 1) < 1e-12
+
+
 def test_part_of_rules():
     stack = [("/x/mal_jax/models/manydepth.py", "teacher"), ("/x/flax/linen.py", "apply")]
     assert profile_step.part_of("jit(f)/ResnetEncoder/layer1/conv", stack) == "teacher encoder"

@@ -14,12 +14,12 @@ import jax.numpy as jnp
 
 from mal_jax.core import geometry
 from mal_jax.models.layers import conv, imagenet_normalise
+from mal_jax.models.pooling import max_pool
 from mal_jax.models.resnet import (
     RESNET_STAGES,
     ResNetStage,
     ResNetStem,
     encoder_channels,
-    max_pool,
 )
 
 # Pixels this close to the border of either feature map are ignored: ResNet's zero padding

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mal_jax.models.layers import TorchBatchNorm, conv, imagenet_normalise
+from mal_jax.models.pooling import max_pool
 
 # Blocks per stage of the supported depths.
 RESNET_STAGES = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
@@ -91,11 +92,6 @@ class ResNetStem(nn.Module):
     def __call__(self, image: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = conv(64, 7, 2, 3, use_bias=False, name="conv1")(image)
         return nn.relu(TorchBatchNorm(name="bn1")(x, train))
-
-
-def max_pool(x: jnp.ndarray) -> jnp.ndarray:
-    """torch ``MaxPool2d(3, stride=2, padding=1)`` (padding never wins the max)."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 class ResnetEncoder(nn.Module):

@@ -61,6 +61,12 @@ def random_batch(batch_size: int, height: int, width: int, max_instances: int,
     }
 
 
+def _process_cpu_s() -> float:
+    """User + system CPU seconds of this process so far (all threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_memory_bytes() -> tuple[int, str]:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
@@ -136,17 +142,19 @@ def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool):
     model, step, state, batch, variables = build_step(height, width, batch_size, mal)
     compiled, compile_s, hits = compile_step(step, state, batch)
     rng = jax.random.PRNGKey(1)
-    times = []
+    times, cpu_seconds = [], 0.0
     for index in range(steps + 1):
-        tic = time.perf_counter()
+        tic, cpu_tic = time.perf_counter(), _process_cpu_s()
         state, metrics = compiled(state, batch, jax.random.fold_in(rng, index))
         jax.block_until_ready((state, metrics))
         if index:  # the first call pays one-off allocation costs
             times.append(time.perf_counter() - tic)
+            cpu_seconds += _process_cpu_s() - cpu_tic
     median = float(np.median(times))
     tic = time.perf_counter()
     distributed.shard_batch(random_batch(batch_size, height, width, 8), batch["frames"].sharding)
     result = {"compile_s": compile_s, "compile_cache_hits": hits, "step_s": median,
+              "cpu_s_per_step": cpu_seconds / steps,
               "images_per_s": batch_size / median,
               "batch_to_device_s": time.perf_counter() - tic,
               "loss": float(metrics["loss"]), "device": jax.devices()[0].device_kind,
@@ -160,7 +168,8 @@ def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool):
         holder["state"], out = compiled(holder["state"], batch, rng)
         return out
 
-    return result, lambda: profile_step.profile_compiled(compiled, call, steps)
+    return result, lambda: profile_step.with_untraced_time(
+        profile_step.profile_compiled(compiled, call, steps), result["cpu_s_per_step"])
 
 
 def compile_in_child(args, cache_dir: str) -> dict:
@@ -228,6 +237,7 @@ def main(argv=None) -> int:
     print(f"images_per_s {result['images_per_s']:.2f}")
     print(f"eval_images_per_s {result['eval_images_per_s']:.2f}")
     print(f"peak_memory_gib {result['peak_bytes'] / 2**30:.2f} ({result['peak_kind']})")
+    print(f"cpu_s_per_step {result['cpu_s_per_step']:.3f} (process CPU time, all threads)")
     print(f"step_s {result['step_s']:.4f}", flush=True)
     if args.profile:  # after the figures: tracing a long step takes a while
         result["profile"] = profile()
