@@ -24,11 +24,11 @@ def _tiny_config():
     return config
 
 
-def test_converge_config_is_manydepth_alone_with_velocity_and_warmup():
+def test_converge_config_is_manydepth_alone_with_the_velocity_loss():
     config = converge_config.get_config()
     assert not any(config.mal[p] for p in ("temporal", "main_temporal", "distil", "ensemble",
                                            "loss_balance"))
-    assert config.loss.velocity_weight > 0 and config.training.warmup_steps > 0
+    assert config.loss.velocity_weight > 0 and config.training.learning_rate == 1e-4
     assert config.model.weights_folder == "" and config.model.imagenet_weights == ""
     assert config.training.checkpoint_every_steps == config.converge.chunk_steps
     assert len(config.converge.seeds) >= 2
