@@ -102,7 +102,8 @@ def test_fine_tuning_starts_from_a_workdirs_latest_checkpoint(trained, tmp_path)
         np.testing.assert_array_equal(ours, trained_leaf)
     # Another cost-volume size cannot take those weights: the error names the weight.
     config.model.num_depth_bins = 8
-    with pytest.raises(ValueError, match=r"uninterrupted.*: weight params/encoder/.* has shape"):
+    with pytest.raises(ValueError,
+                       match=r"uninterrupted.*: weight params/student_encoder/.* has shape"):
         fine_tune.initial_variables(config, trainer.build_model(config), jax.random.PRNGKey(0))
 
 
