@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: ``python eval.py --config=configs/default.py --workdir=DIR``.
 
 Loads the latest checkpoint of a training ``--workdir``, or a converted ManyDepth .pth folder
-given as ``--weights_folder``, evaluates the multi-frame model and the teacher under
+given as ``--weights_folder``, evaluates the student (multi-frame) and the teacher under
 ``config.evaluation.protocol`` and writes ``eval_results.json`` / ``eval_results.md`` (plus
 ``eval_images/`` PNGs) into ``--out``; by default ``eval_<protocol>/`` inside the evaluated
 folder, so the training run's own final results are never overwritten. The image size is the

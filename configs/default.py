@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- model
     model = config.model = ml_collections.ConfigDict()
-    model.num_layers = 18  # ResNet depth of the matching encoder, 18 or 50 (paper: 18)
+    model.num_layers = 18  # ResNet depth of the student's matching encoder, 18 or 50 (paper: 18)
     model.num_depth_bins = 96  # cost-volume depth hypotheses (paper: 96)
     model.inverse_depth_bins = False  # bins linear in inverse depth (paper: linear, False)
     model.min_depth = 0.1  # metres; disparity-to-depth range of training (paper: 0.1)

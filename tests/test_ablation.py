@@ -72,12 +72,12 @@ def test_summary_means_half_ranges_and_paired_changes():
     summary = ablation.summarize(runs)
     moving = summary["baseline"]["teacher/moving/abs_rel"]
     assert moving["mean"] == pytest.approx(0.45) and moving["half_range"] == pytest.approx(0.05)
-    change = summary["mal"]["multi_frame/moving/abs_rel_change_pct"]
+    change = summary["mal"]["student/moving/abs_rel_change_pct"]
     # Paired per seed: (0.30 - 0.40) / 0.40 and (0.45 - 0.50) / 0.50.
     np.testing.assert_allclose(change["per_seed"], [-25.0, -10.0])
     assert change["mean"] == pytest.approx(-17.5)
-    assert "multi_frame/moving/abs_rel_change_pct" not in summary["baseline"]
-    assert "multi_frame/moving/abs_rel_change_vs_control_pct" not in summary["mal"]  # no control
+    assert "student/moving/abs_rel_change_pct" not in summary["baseline"]
+    assert "student/moving/abs_rel_change_vs_control_pct" not in summary["mal"]  # no control
     # Seed 1 raises the all-pixel AbsRel by 10%: the target is not met.
     line = ablation.verdict(summary)
     assert "-25.0%, -10.0%" in line and "+0.0%, +10.0%" in line and line.endswith("not met")
@@ -108,7 +108,7 @@ def test_report_has_a_line_per_row_and_model():
     runs = {row.name: {"0": _metrics(0.2, 0.4)} for row in ablation.ROWS}
     text = ablation.report(ablation.summarize(runs))
     for row in ablation.ROWS:
-        assert text.count(f"| {row.label} | ") == 2  # multi-frame and teacher tables
+        assert text.count(f"| {row.label} | ") == 2  # student and teacher tables
     assert ("| + loss balancing (MAL's published recipe) | 0.2000 ± 0.0000 | 0.4000 ± 0.0000 "
             "| +0.0% | +0.0% | +0.0% | +0.0% |") in text
     # Equal metrics everywhere: no change, so the target is not met (2 references x 2 models).
@@ -194,5 +194,5 @@ def test_tiny_ablation_export(tiny_ablation, tmp_path):
     examples = sorted(os.listdir(tmp_path / "examples"))
     with open(tmp_path / "ablation_balance.json") as handle:
         assert json.load(handle)["mal"]["0"]["step"] == [1, 2, 3, 4]
-    assert "0000_input.png" in examples and "mal_0000_multi_frame_disp.png" in examples
+    assert "0000_input.png" in examples and "mal_0000_student_disp.png" in examples
     assert len(examples) == 1 + 2 * 4  # input + rows x models x (disparity, error)

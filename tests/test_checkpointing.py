@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mal_jax.models.manydepth import ManyDepth
 from mal_jax.train import checkpointing, state, workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -85,6 +86,27 @@ def test_resume_refuses_other_image_size_naming_the_field(tmp_path):
         _restore(tmp_path, {**META, "opt_state": state.OPT_STATE_LAYOUT})
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "3"]
     assert int(_restore(tmp_path)[0].step) == 3
+
+
+def test_checkpoints_with_the_old_parameter_names_are_refused(tmp_path):
+    # META has no param_names record, as a checkpoint written before the networks were named
+    # teacher_*/student_*/pose_* (its parameter tree uses the reference's file names).
+    _saved_workdir(tmp_path)
+    expected = {**checkpointing.model_meta(ManyDepth(), 64, 96), **META}
+    assert expected["param_names"] == state.PARAM_NAMES == "teacher_student"
+    refusal = (r"checkpoints/3 has param_names=None \(None: written before 2026-12-06, .*\), "
+               r"this version needs 'teacher_student'")
+    with pytest.raises(ValueError, match=refusal):  # on resume
+        _restore(tmp_path, expected)
+    with pytest.raises(ValueError, match=refusal):  # for evaluation, prediction, fine-tuning
+        checkpointing.load_inference(str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "3"]  # nothing set aside
+    # The same checkpoints with the record restore.
+    marked = tmp_path / "marked"
+    manager = checkpointing.checkpoint_manager(str(marked), keep=5)
+    checkpointing.save(manager, _tiny_state(1.0).replace(step=jnp.asarray(1)), expected)
+    manager.wait_until_finished()
+    assert int(_restore(marked, expected)[0].step) == 1
 
 
 def test_temp_folders_of_interrupted_saves_are_removed(tmp_path, caplog):

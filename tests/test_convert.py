@@ -1,4 +1,8 @@
-"""Weight conversion: golden round trip, torchvision initialisation, clear mismatch errors."""
+"""Weight conversion: golden round trip, torchvision initialisation, clear mismatch errors.
+
+State_dicts are keyed by the reference's checkpoint file names (``encoder``, ``mono_depth``,
+...), Flax variables by the port's (``student_encoder``, ``teacher_depth``, ...): the
+converter's ``REFERENCE_FILES`` maps one to the other."""
 
 import jax
 import numpy as np
@@ -6,6 +10,7 @@ import pytest
 
 from mal_jax.models.manydepth import NETWORK_NAMES, ManyDepth
 from mal_jax.port.convert import (
+    REFERENCE_FILES,
     CheckpointMismatch,
     convert_state_dicts,
     init_from_torchvision,
@@ -18,15 +23,26 @@ def state_dicts(golden):
     return golden.state_dicts()
 
 
+def test_reference_file_table_covers_every_network_once():
+    assert tuple(REFERENCE_FILES) == NETWORK_NAMES
+    assert sorted(REFERENCE_FILES.values()) == sorted(
+        ["encoder", "depth", "mono_encoder", "mono_depth", "pose_encoder", "pose"])
+    assert REFERENCE_FILES["student_encoder"] == "encoder"
+    assert REFERENCE_FILES["teacher_depth"] == "mono_depth"
+    assert REFERENCE_FILES["pose_decoder"] == "pose"
+
+
 def test_golden_round_trip(state_dicts):
     variables, metadata = convert_state_dicts(state_dicts)
     assert metadata == {}
+    assert set(variables["params"]) == set(NETWORK_NAMES)
     for net in NETWORK_NAMES:
         back = to_state_dict(net, variables)
-        unused = {k for k in state_dicts[net] if k.startswith(("encoder.fc.", "prematching"))}
-        assert set(back) == set(state_dicts[net]) - unused, net
+        reference = state_dicts[REFERENCE_FILES[net]]
+        unused = {k for k in reference if k.startswith(("encoder.fc.", "prematching"))}
+        assert set(back) == set(reference) - unused, net
         for key, value in back.items():
-            np.testing.assert_array_equal(value, state_dicts[net][key], err_msg=key)
+            np.testing.assert_array_equal(value, reference[key], err_msg=key)
 
 
 def test_metadata_and_derived_keys_accepted(state_dicts):
@@ -71,7 +87,7 @@ def test_missing_network_named(state_dicts):
 def test_resnet50_checkpoint_into_resnet18_model_named(state_dicts):
     model50 = ManyDepth(num_layers=50)
     variables = jax.jit(lambda: model50.init(jax.random.key(0), 64, 64))()
-    encoder50 = to_state_dict("encoder", variables)
+    encoder50 = to_state_dict("student_encoder", variables)
     with pytest.raises(CheckpointMismatch, match=r"encoder\.pth: .*ResNet-50"):
         convert_state_dicts({**state_dicts, "encoder": encoder50}, ManyDepth(num_layers=18))
 
@@ -82,7 +98,7 @@ def test_torchvision_initialisation(state_dicts):
     # A torchvision-shaped ResNet-18 state_dict: the teacher's weights without the prefix.
     torchvision = {k[len("encoder."):]: v for k, v in state_dicts["mono_encoder"].items()}
     loaded = init_from_torchvision(fresh, torchvision, model)
-    for net in ("encoder", "mono_encoder"):
+    for net in ("student_encoder", "teacher_encoder"):
         np.testing.assert_array_equal(
             loaded["params"][net]["layer3"]["1"]["conv2"]["kernel"],
             np.transpose(torchvision["layer3.1.conv2.weight"], (2, 3, 1, 0)))
@@ -93,10 +109,11 @@ def test_torchvision_initialisation(state_dicts):
     rgb = np.transpose(torchvision["conv1.weight"], (2, 3, 1, 0))
     np.testing.assert_allclose(pose_kernel, np.concatenate([rgb, rgb], axis=2) / 2)
     # Layers torchvision lacks keep their fresh values; decoders are untouched.
-    np.testing.assert_array_equal(loaded["params"]["encoder"]["reduce_conv"]["kernel"],
-                                  fresh["params"]["encoder"]["reduce_conv"]["kernel"])
-    np.testing.assert_array_equal(loaded["params"]["depth"]["dispconv_0"]["conv"]["kernel"],
-                                  fresh["params"]["depth"]["dispconv_0"]["conv"]["kernel"])
+    for net, layer in (("student_encoder", "reduce_conv"), ("student_depth", "dispconv_0"),
+                       ("teacher_depth", "dispconv_0"), ("pose_decoder", "squeeze")):
+        for ours, theirs in zip(jax.tree.leaves(loaded["params"][net][layer]),
+                                jax.tree.leaves(fresh["params"][net][layer]), strict=True):
+            np.testing.assert_array_equal(ours, theirs, err_msg=f"{net}/{layer}")
 
 
 def test_torchvision_missing_key_named(state_dicts):

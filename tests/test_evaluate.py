@@ -72,10 +72,10 @@ def test_kitti_eigen_hand_computed_through_the_loop():
     depth_gt = np.zeros((3, 12, 24), np.float32)
     depth_gt[0, :10, :20], depth_gt[1], depth_gt[2, :10, :20] = gt_a, gt_b, gt_c
 
-    multi = np.empty((3, 10, 20), np.float32)
-    multi[0] = 0.5  # depth 2, scaled by median 3 / 2 -> 3 everywhere
-    multi[1] = 0.25  # constant: exact after any scaling
-    multi[2, :, :10], multi[2, :, 10:] = 1.0, 0.01  # ratio 40: 40 (exact) and 4000 -> clamp 80
+    student = np.empty((3, 10, 20), np.float32)
+    student[0] = 0.5  # depth 2, scaled by median 3 / 2 -> 3 everywhere
+    student[1] = 0.25  # constant: exact after any scaling
+    student[2, :, :10], student[2, :, 10:] = 1.0, 0.01  # ratio 40: 40 (exact) and 4000 -> clamp 80
     teacher = np.stack([1.0 / (2.0 * gt_a), np.ones((10, 20)), 1.0 / np.maximum(gt_c, 1.0)])
     frames = np.full((3, 2, 4, 4, 3), 0.5, np.float32)
     frames[:, 1] = 0.25
@@ -84,7 +84,7 @@ def test_kitti_eigen_hand_computed_through_the_loop():
 
     results = evaluate.evaluate_predictions(
         [batch],
-        fake_predictor({"multi_frame": multi, "teacher": teacher.astype(np.float32)}),
+        fake_predictor({"student": student, "teacher": teacher.astype(np.float32)}),
         presets.get_preset("kitti_eigen"),
         batch_size=4,
         gt_shapes=[(10, 20), (12, 24), (10, 20)],
@@ -112,11 +112,11 @@ def test_kitti_eigen_hand_computed_through_the_loop():
     )
     assert results["num_images"] == 3 and results["static_fallback_images"] == 2
     assert results["regions"] == ["all"]
-    assert_block(results["metrics"]["multi_frame"]["all"], mean_of(a, PERFECT, c), 3)
+    assert_block(results["metrics"]["student"]["all"], mean_of(a, PERFECT, c), 3)
     assert_block(results["metrics"]["teacher"]["all"], PERFECT, 3)
     ratios = np.array([1.5, 1.25, 40.0])
-    assert results["metrics"]["multi_frame"]["all"]["ratio_median"] == pytest.approx(1.5)
-    assert results["metrics"]["multi_frame"]["all"]["ratio_std"] == pytest.approx(
+    assert results["metrics"]["student"]["all"]["ratio_median"] == pytest.approx(1.5)
+    assert results["metrics"]["student"]["all"]["ratio_std"] == pytest.approx(
         np.std(ratios / 1.5), rel=1e-5
     )
 
@@ -137,7 +137,7 @@ def test_moving_pixels_use_the_all_pixel_scaling():
 
     results = evaluate.evaluate_predictions(
         [batch],
-        fake_predictor({"multi_frame": disp, "teacher": disp}),
+        fake_predictor({"student": disp, "teacher": disp}),
         presets.get_preset("synthetic"),
         batch_size=2,
     )
@@ -213,15 +213,15 @@ def test_predictor_lookup_pose_and_static_camera_fallback(inference):
         assert with_previous[name].shape == (2, HEIGHT, WIDTH)
         np.testing.assert_array_equal(fallback[name], static[name])
         np.testing.assert_array_equal(fallback[name][1], with_previous[name][1])
-    assert np.abs(fallback["multi_frame"][0] - with_previous["multi_frame"][0]).max() > 1e-6
+    assert np.abs(fallback["student"][0] - with_previous["student"][0]).max() > 1e-6
     np.testing.assert_array_equal(fallback["teacher"], with_previous["teacher"])
 
-    # The multi-frame pass equals the training code's lookup pose fed to the matching net.
+    # The student's pass equals the training code's lookup pose fed to the matching net.
     @jax.jit
     def training_convention(variables, prev, cur):
         frames = jnp.stack([prev, cur, cur], axis=1)
         *_, lookup_poses, _ = forward.predict_poses(inference.model, variables, frames, False)
-        (disps, *_), _ = inference.model.multi_frame(
+        (disps, *_), _ = inference.model.student(
             variables,
             cur,
             prev[:, None],
@@ -235,7 +235,7 @@ def test_predictor_lookup_pose_and_static_camera_fallback(inference):
         return geometry.disp_to_depth(disps[0][..., 0], 0.1, 100.0)[0]
 
     expected = training_convention(inference.variables, previous, current)
-    np.testing.assert_allclose(with_previous["multi_frame"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(with_previous["student"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_evaluator_built_once_scores_without_writing_then_writes(
@@ -281,7 +281,7 @@ def test_evaluator_built_once_scores_without_writing_then_writes(
 
     markdown = (tmp_path / "eval_results.md").read_text()
     assert "## All valid pixels" in markdown and "## Moving-object pixels" in markdown
-    assert markdown.count("| multi-frame | ") == 2 and markdown.count("| teacher ") == 2
+    assert markdown.count("| student (multi-frame) | ") == 2 and markdown.count("| teacher ") == 2
     images = sorted(os.listdir(tmp_path / "eval_images"))
     assert len(images) == 2 * (1 + 2 * 2)  # samples x (input + models x (disparity, error))
     assert "0001_teacher_abs_rel_error.png" in images
@@ -298,7 +298,7 @@ def test_predictor_reproduces_reference_eval_disparities(golden):
     """The whole eval forward (frame order, inverted lookup pose, bins, disparity scaling)
     against the PyTorch reference's eval-mode outputs."""
     from mal_jax.port.convert import convert_state_dicts
-    from mal_jax.port.golden import nchw_to_nhwc
+    from mal_jax.port.golden import EVAL_DISPARITIES, nchw_to_nhwc
 
     variables, _ = convert_state_dicts(golden.state_dicts())
     height, width = golden.image_size
@@ -315,8 +315,9 @@ def test_predictor_reproduces_reference_eval_disparities(golden):
     K = np.stack([golden[f"in/K/{s}"] for s in range(4)], axis=1)  # (B, scale, 4, 4)
     batch = {"frames": frames, "K": K, "inv_K": np.linalg.pinv(K).astype(np.float32)}
     ours = make_batch_predictor(reference_model, 0.1, 100.0, golden.batch_size)(batch)
-    for model, key in (("multi_frame", "eval/multi_disp/0"), ("teacher", "eval/mono_disp/0")):
-        expected = geometry.disp_to_depth(golden[key][:, 0], 0.1, 100.0)[0]
+    for model in ("student", "teacher"):
+        expected = geometry.disp_to_depth(golden[f"{EVAL_DISPARITIES[model]}/0"][:, 0], 0.1,
+                                          100.0)[0]
         np.testing.assert_allclose(ours[model], expected, rtol=1e-5, atol=1e-5, err_msg=model)
 
 
@@ -352,4 +353,4 @@ def test_outputs_colour_maps_and_empty_blocks(tmp_path):
     assert saved["metrics"]["teacher"]["moving"]["abs_rel"] is None  # NaN is not JSON
     markdown = open(md_path).read()
     assert "| teacher (frame 0 only) | 0 | n/a |" in markdown
-    assert "| multi-frame | 2 | 0.250 | 0.250 |" in markdown
+    assert "| student (multi-frame) | 2 | 0.250 | 0.250 |" in markdown

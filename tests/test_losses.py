@@ -67,34 +67,35 @@ def test_golden_training_losses_recomposed(golden):
     consistency_mask = jnp.asarray(golden["train/consistency_mask"])[..., None]
 
     # The stored consistency mask is the cost-volume confidence times the matching mask.
-    mono_depth_0 = geometry.disp_to_depth(
+    teacher_depth_0 = geometry.disp_to_depth(
         jnp.asarray(nchw_to_nhwc(golden["train/mono_disp/0"])), MIN_DEPTH, MAX_DEPTH
     )[1]
     matching = losses.compute_matching_mask(
-        mono_depth_0, jnp.asarray(golden["train/lowest_cost"])[..., None]
+        teacher_depth_0, jnp.asarray(golden["train/lowest_cost"])[..., None]
     )
     assert np.all(np.asarray(consistency_mask) <= np.asarray(matching))
     assert 0.5 < float(matching.mean()) < 0.95  # a non-trivial mask in this fixture
 
     for scale in range(4):
         terms = {}
-        for net, key in (("multi", "disp"), ("mono", "mono_disp")):
+        # The file's keys: ``disp`` is the student's, ``mono_disp`` the teacher's.
+        for net, key in (("student", "disp"), ("teacher", "mono_disp")):
             disp = jnp.asarray(nchw_to_nhwc(golden[f"train/{key}/{scale}"]))
             # Reference: bilinear upsampling with align_corners=False, i.e. half-pixel centres.
             full = jax.image.resize(disp, (batch, height, width, 1), "bilinear")
             terms[net] = (disp,) + _scale_terms(
-                full, colors, cam_T_cam, K, inv_K, automasked=net == "mono"
+                full, colors, cam_T_cam, K, inv_K, automasked=net == "teacher"
             )
-        reprojection_mask, consistency_weight = losses.multi_frame_masks(consistency_mask)
-        multi_reprojection = losses.masked_mean(terms["multi"][2], reprojection_mask)
-        mono_reprojection = losses.masked_mean(terms["mono"][2], terms["mono"][3])
+        reprojection_mask, consistency_weight = losses.student_masks(consistency_mask)
+        student_reprojection = losses.masked_mean(terms["student"][2], reprojection_mask)
+        teacher_reprojection = losses.masked_mean(terms["teacher"][2], terms["teacher"][3])
         consistency = losses.consistency_loss(
-            terms["multi"][1], terms["mono"][1], consistency_weight
+            terms["student"][1], terms["teacher"][1], consistency_weight
         )
         # The reference adds N(0, 1e-5) noise to identity losses; we add none, so the teacher
         # auto-mask may differ on a handful of near-tie pixels.
         np.testing.assert_allclose(
-            multi_reprojection + mono_reprojection,
+            student_reprojection + teacher_reprojection,
             golden[f"train/losses/reproj_loss/{scale}"],
             rtol=5e-5,
         )
@@ -105,9 +106,9 @@ def test_golden_training_losses_recomposed(golden):
             # Images at the other scales come from the data loader's PIL resize (not stored).
             smooth = sum(
                 losses.smoothness_loss(losses.normalise_disparity(terms[n][0]), colors[0])
-                for n in ("multi", "mono")
+                for n in ("student", "teacher")
             )
-            total = multi_reprojection + mono_reprojection + consistency + 1e-3 * smooth
+            total = student_reprojection + teacher_reprojection + consistency + 1e-3 * smooth
             np.testing.assert_allclose(total, golden["train/losses/loss/0"], rtol=5e-5)
 
 
@@ -216,41 +217,42 @@ def test_masked_mean_hand_case():
 
 
 def test_matching_mask_thresholds():
-    mono = jnp.full((1, 1, 5, 1), 2.0)
+    teacher = jnp.full((1, 1, 5, 1), 2.0)
     cost_volume_depth = jnp.array([3.0, 4.5, 0.9, 4.0, 1.0]).reshape(1, 1, 5, 1)
-    mask = losses.compute_matching_mask(mono, 1.0 / cost_volume_depth)
+    mask = losses.compute_matching_mask(teacher, 1.0 / cost_volume_depth)
     # 3: within 2x -> 1; 4.5 and 0.9: beyond 2x -> 0; exactly 2x either way -> 0 (strict <).
     np.testing.assert_array_equal(mask.ravel(), [1, 0, 0, 0, 0])
 
 
-def test_multi_frame_masks_and_augmentation():
+def test_student_masks_and_augmentation():
     confidence = jnp.array([1.0, 0.0, 1.0, 1.0]).reshape(2, 1, 2, 1)
     augmentation = jnp.array([0.0, 1.0]).reshape(2, 1, 1, 1)
-    reprojection_mask, consistency_weight = losses.multi_frame_masks(confidence, augmentation)
+    reprojection_mask, consistency_weight = losses.student_masks(confidence, augmentation)
     np.testing.assert_array_equal(reprojection_mask.ravel(), [1, 0, 0, 0])
     np.testing.assert_array_equal(consistency_weight.ravel(), [0, 1, 1, 1])
-    plain, complement = losses.multi_frame_masks(confidence)
+    plain, complement = losses.student_masks(confidence)
     np.testing.assert_array_equal(plain.ravel(), [1, 0, 1, 1])
     np.testing.assert_array_equal(complement.ravel(), [0, 1, 0, 0])
 
 
 def test_consistency_loss_value_and_detached_teacher():
-    multi = jnp.array([1.0, 2.0, 4.0, 8.0]).reshape(1, 2, 2, 1)
-    mono = jnp.array([2.0, 2.0, 1.0, 1.0]).reshape(1, 2, 2, 1)
+    student = jnp.array([1.0, 2.0, 4.0, 8.0]).reshape(1, 2, 2, 1)
+    teacher = jnp.array([2.0, 2.0, 1.0, 1.0]).reshape(1, 2, 2, 1)
     mask = jnp.array([1.0, 1.0, 1.0, 0.0]).reshape(1, 2, 2, 1)
     # Mean over all four pixels, not over the mask: (1 + 0 + 3) / 4.
-    np.testing.assert_allclose(losses.consistency_loss(multi, mono, mask), 1.0)
-    d_multi, d_mono = jax.grad(losses.consistency_loss, argnums=(0, 1))(multi, mono, mask)
+    np.testing.assert_allclose(losses.consistency_loss(student, teacher, mask), 1.0)
+    d_student, d_teacher = jax.grad(losses.consistency_loss, argnums=(0, 1))(student, teacher,
+                                                                             mask)
     # At an exact tie the gradient is 0, like torch's sign(x) (jnp.abs would give 1).
-    np.testing.assert_allclose(d_multi.ravel(), [-0.25, 0.0, 0.25, 0.0])
-    np.testing.assert_array_equal(d_mono, 0.0)
+    np.testing.assert_allclose(d_student.ravel(), [-0.25, 0.0, 0.25, 0.0])
+    np.testing.assert_array_equal(d_teacher, 0.0)
 
 
 def test_masks_carry_no_gradient():
-    mono = jnp.full((1, 1, 2, 1), 2.0)
+    teacher = jnp.full((1, 1, 2, 1), 2.0)
     cost = jnp.full((1, 1, 2, 1), 0.4)
     grads = jax.grad(lambda m, c: jnp.sum(losses.compute_matching_mask(m, c)), argnums=(0, 1))(
-        mono, cost
+        teacher, cost
     )
     np.testing.assert_array_equal(grads[0], 0.0)
     np.testing.assert_array_equal(grads[1], 0.0)

@@ -32,13 +32,14 @@ def _golden_outputs(golden) -> dict:
     """The fixture's training-mode network outputs at full resolution, in ``train_forward``'s
     layout."""
     height, width = golden.image_size
-    out = {"mono_disp": {}, "disp": {}, "mono_depth": {}, "depth": {}}
+    out = {"teacher_disp": {}, "student_disp": {}, "teacher_depth": {}, "student_depth": {}}
     for scale in range(4):
-        for key, depth_key in (("mono_disp", "mono_depth"), ("disp", "depth")):
-            disp = jnp.asarray(nchw_to_nhwc(golden[f"train/{key}/{scale}"]))
-            out[key][scale] = disp
+        # The file's ``mono_disp`` is the teacher's, its ``disp`` the student's.
+        for net, file_key in (("teacher", "mono_disp"), ("student", "disp")):
+            disp = jnp.asarray(nchw_to_nhwc(golden[f"train/{file_key}/{scale}"]))
+            out[f"{net}_disp"][scale] = disp
             full = upsample_bilinear(disp, height, width)
-            out[depth_key][scale] = geometry.disp_to_depth(full, MIN_DEPTH, MAX_DEPTH)[1]
+            out[f"{net}_depth"][scale] = geometry.disp_to_depth(full, MIN_DEPTH, MAX_DEPTH)[1]
     out["cam_T_cam"] = {f: jnp.asarray(golden[f"train/cam_T_cam/{f}"]) for f in (-1, 1)}
     out["consistency_mask"] = jnp.asarray(golden["train/consistency_mask"])[..., None]
     out["augmentation_mask"] = jnp.zeros((golden.batch_size,), jnp.float32)
@@ -284,13 +285,13 @@ def _synthetic(seed=0, with_object=False):
         "instance_class": jnp.asarray(classes),
         "instance_score": jnp.asarray(scores),
     }
-    out = {"mono_disp": {}, "disp": {}, "mono_depth": {}, "depth": {}}
+    out = {"teacher_disp": {}, "student_disp": {}, "teacher_depth": {}, "student_depth": {}}
     for s in range(4):
-        for key, depth_key in (("mono_disp", "mono_depth"), ("disp", "depth")):
+        for net in ("teacher", "student"):
             disp = rng.uniform(0.02, 0.3, (BATCH, HEIGHT // 2**s, WIDTH // 2**s, 1))
-            out[key][s] = jnp.asarray(disp, jnp.float32)
-            full = upsample_bilinear(out[key][s], HEIGHT, WIDTH)
-            out[depth_key][s] = geometry.disp_to_depth(full, MIN_DEPTH, MAX_DEPTH)[1]
+            out[f"{net}_disp"][s] = jnp.asarray(disp, jnp.float32)
+            full = upsample_bilinear(out[f"{net}_disp"][s], HEIGHT, WIDTH)
+            out[f"{net}_depth"][s] = geometry.disp_to_depth(full, MIN_DEPTH, MAX_DEPTH)[1]
     out["cam_T_cam"] = {
         f: geometry.transformation_from_parameters(
             jnp.asarray(rng.normal(0, 0.01, (BATCH, 3)), jnp.float32),

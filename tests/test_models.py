@@ -9,19 +9,24 @@ import pytest
 from mal_jax.models import matching
 from mal_jax.models.layers import TorchBatchNorm
 from mal_jax.models.manydepth import NETWORK_NAMES, ManyDepth, parameter_count
+from mal_jax.port.convert import REFERENCE_FILES
 
-# Trainable parameters of the reference networks (torch ``parameters()``), ResNet-18, 96 bins.
+# Trainable parameters of the reference networks (torch ``parameters()``), ResNet-18, 96 bins,
+# keyed by the port's names; the reference's file of each is ``REFERENCE_FILES[net]``
+# (student_encoder: encoder.pth, student_depth: depth.pth, teacher_encoder: mono_encoder.pth,
+# teacher_depth: mono_depth.pth, pose_encoder: pose_encoder.pth, pose_decoder: pose.pth).
 REFERENCE_COUNTS = {
-    "encoder": 11_269_776,
-    "depth": 3_152_724,
-    "mono_encoder": 11_689_512,
-    "mono_depth": 3_152_724,
+    "student_encoder": 11_269_776,
+    "student_depth": 3_152_724,
+    "teacher_encoder": 11_689_512,
+    "teacher_depth": 3_152_724,
     "pose_encoder": 11_698_920,
-    "pose": 1_314_572,
+    "pose_decoder": 1_314_572,
 }
 # Reference parameters that never take part in the computation, so the port leaves them out:
 # the matching encoder's prematching_conv (64*16 + 16) and torchvision's fc (512*1000 + 1000).
-UNUSED_IN_REFERENCE = {"encoder": 1_040, "mono_encoder": 513_000, "pose_encoder": 513_000}
+UNUSED_IN_REFERENCE = {"student_encoder": 1_040, "teacher_encoder": 513_000,
+                       "pose_encoder": 513_000}
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +37,12 @@ def variables():
 def test_parameter_counts_pinned_and_equal_to_reference(variables):
     ours = {net: parameter_count(variables["params"][net]) for net in NETWORK_NAMES}
     assert ours == {
-        "encoder": 11_268_736,
-        "depth": 3_152_724,
-        "mono_encoder": 11_176_512,
-        "mono_depth": 3_152_724,
+        "student_encoder": 11_268_736,
+        "student_depth": 3_152_724,
+        "teacher_encoder": 11_176_512,
+        "teacher_depth": 3_152_724,
         "pose_encoder": 11_185_920,
-        "pose": 1_314_572,
+        "pose_decoder": 1_314_572,
     }
     for net in NETWORK_NAMES:
         assert ours[net] + UNUSED_IN_REFERENCE.get(net, 0) == REFERENCE_COUNTS[net], net
@@ -45,7 +50,7 @@ def test_parameter_counts_pinned_and_equal_to_reference(variables):
 
 def test_reference_counts_match_golden_weights(golden):
     for net, expected in REFERENCE_COUNTS.items():
-        state = golden.state_dict(net)
+        state = golden.state_dict(REFERENCE_FILES[net])
         count = sum(v.size for k, v in state.items()
                     if not k.endswith(("running_mean", "running_var")))
         assert count == expected, net
@@ -56,8 +61,8 @@ def test_resnet50_encoder_counts():
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), 64, 64))
     # torchvision ResNet-50 without fc (23,508,032) + reduce_conv (256 + 96 -> 256, 3x3).
     reduce_conv = (256 + 96) * 256 * 9 + 256
-    assert parameter_count(abstract["params"]["encoder"]) == 23_508_032 + reduce_conv
-    kernel = abstract["params"]["depth"]["upconv_4_0"]["conv"]["conv"]["kernel"]
+    assert parameter_count(abstract["params"]["student_encoder"]) == 23_508_032 + reduce_conv
+    kernel = abstract["params"]["student_depth"]["upconv_4_0"]["conv"]["conv"]["kernel"]
     assert kernel.shape == (3, 3, 2048, 256)
 
 
@@ -75,7 +80,7 @@ def test_output_shapes_and_dtypes(variables):
     K = jnp.broadcast_to(jnp.array([[20.0, 0, 24, 0], [0, 20, 16, 0], [0, 0, 1, 0],
                                     [0, 0, 0, 1]]), (2, 4, 4))
     poses = jnp.broadcast_to(jnp.eye(4), (2, 3, 4, 4))
-    (disps, _, lowest, confidence), _ = model.multi_frame(
+    (disps, _, lowest, confidence), _ = model.student(
         variables, image, jnp.stack([image] * 3, 1), poses, K, jnp.linalg.inv(K), 0.1, 10.0,
         train=False)
     chex.assert_shape([lowest, confidence], [(2, 16, 24)] * 2)
@@ -116,8 +121,8 @@ def test_missing_lookup_frame_gives_zero_confidence(variables):
 
     @jax.jit
     def confidence(lookup_pose):
-        return model.multi_frame(variables, image, image[:, None], lookup_pose, K,
-                                 jnp.linalg.inv(K), 1.0, 10.0, train=False)[0][3]
+        return model.student(variables, image, image[:, None], lookup_pose, K,
+                             jnp.linalg.inv(K), 1.0, 10.0, train=False)[0][3]
 
     outs = {"present": confidence(pose), "missing": confidence(jnp.zeros_like(pose))}
     assert float(outs["missing"].sum()) == 0.0

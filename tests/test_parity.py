@@ -16,7 +16,7 @@ GOLDEN_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "golden"
 
 GOLDEN_FILES = ("manydepth_mal_96x320.npz", "manydepth_mal_128x384_b1.npz",
                 "manydepth_mal_64x224_b3.npz")
-ALL_GROUPS = ("eval/teacher", "eval/pose", "eval/multi", "eval/cost_volume", "geo", "photo",
+ALL_GROUPS = ("eval/teacher", "eval/pose", "eval/student", "eval/cost_volume", "geo", "photo",
               "train/losses", "train/outputs", "grad", "bn", "mal/synthesis",
               "mal/teacher_loss", "mal/distillation", "mal/loss_balance")
 

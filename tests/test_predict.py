@@ -45,7 +45,7 @@ def frame_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def multi_outputs(inference, frame_dir, tmp_path_factory):
+def student_outputs(inference, frame_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred")
     assert (
         predict.main(
@@ -59,12 +59,12 @@ def multi_outputs(inference, frame_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_depth(inference):
-    """``depth(current, lookup, pose)``: the multi-frame net called directly (jitted once)."""
+    """``depth(current, lookup, pose)``: the student called directly (jitted once)."""
     K, inv_K = predict.intrinsics_at_quarter(predict.KITTI_NORMALISED_K, HEIGHT, WIDTH)
 
     @jax.jit
     def run(variables, current, lookup, pose):
-        (disps, *_), _ = inference.model.multi_frame(
+        (disps, *_), _ = inference.model.student(
             variables,
             current[None],
             lookup[None, None],
@@ -80,23 +80,23 @@ def reference_depth(inference):
     return lambda *args: np.asarray(run(inference.variables, *args))
 
 
-def test_writes_one_npy_and_png_per_frame(multi_outputs):
-    names = sorted(os.listdir(multi_outputs))
+def test_writes_one_npy_and_png_per_frame(student_outputs):
+    names = sorted(os.listdir(student_outputs))
     assert names == [f"f_00{i}_depth.{ext}" for i in range(3) for ext in ("npy", "png")]
     for i in range(3):
-        depth = np.load(multi_outputs / f"f_00{i}_depth.npy")
+        depth = np.load(student_outputs / f"f_00{i}_depth.npy")
         assert depth.shape == (HEIGHT, WIDTH) and depth.dtype == np.float32
         assert np.all((depth >= 0.1 - 1e-4) & (depth <= 100.0 + 1e-2))
-        with Image.open(multi_outputs / f"f_00{i}_depth.png") as image:
+        with Image.open(student_outputs / f"f_00{i}_depth.png") as image:
             assert image.size == (WIDTH, HEIGHT) and image.mode == "RGB"
 
 
 def test_first_frame_is_static_mode_and_later_frames_use_the_previous(
-    inference, frame_dir, multi_outputs, reference_depth
+    inference, frame_dir, student_outputs, reference_depth
 ):
     frames = [predict.load_frame(str(frame_dir / f"f_00{i}.png"), HEIGHT, WIDTH) for i in range(3)]
     zero = jnp.zeros((4, 4))
-    first = np.load(multi_outputs / "f_000_depth.npy")
+    first = np.load(student_outputs / "f_000_depth.npy")
     # Zero pose: the cost volume is empty, so the lookup frame's content cannot matter.
     np.testing.assert_allclose(first, reference_depth(frames[0], frames[0], zero), rtol=1e-5)
     np.testing.assert_allclose(first, reference_depth(frames[0], 0 * frames[0], zero), rtol=1e-5)
@@ -105,7 +105,7 @@ def test_first_frame_is_static_mode_and_later_frames_use_the_previous(
         inference.variables, frames[1][None], frames[2][None], train=False
     )
     pose = geometry.transformation_from_parameters(axisangle[0, 0], translation[0, 0], invert=True)
-    third = np.load(multi_outputs / "f_002_depth.npy")
+    third = np.load(student_outputs / "f_002_depth.npy")
     np.testing.assert_allclose(third, reference_depth(frames[2], frames[1], pose), rtol=1e-4)
     static_third = reference_depth(frames[2], frames[2], zero)
     assert np.abs(third - static_third).max() > 1e-4  # the cost volume was used

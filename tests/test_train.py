@@ -67,14 +67,14 @@ def test_teacher_and_pose_frozen_from_freeze_step(trained, tmp_path):
                     os.path.join(tmp_path, "checkpoints", "2"))
     partial = _sharing_compiled_steps(run, config, str(tmp_path))
     after_three = partial.run(num_steps=3)
-    for net in ("mono_encoder", "mono_depth", "pose_encoder", "pose"):
+    for net in ("teacher_encoder", "teacher_depth", "pose_encoder", "pose_decoder"):
         for a, b in zip(jax.tree.leaves(jax.device_get(after_three.params[net])),
                         jax.tree.leaves(jax.device_get(state.params[net])), strict=True):
             np.testing.assert_array_equal(a, b, err_msg=net)
     # ... while the student still trained in the frozen step.
     student = [not np.array_equal(a, b) for a, b in zip(
-        jax.tree.leaves(jax.device_get(after_three.params["depth"])),
-        jax.tree.leaves(jax.device_get(state.params["depth"])), strict=True)]
+        jax.tree.leaves(jax.device_get(after_three.params["student_depth"])),
+        jax.tree.leaves(jax.device_get(state.params["student_depth"])), strict=True)]
     assert any(student)
 
 
@@ -102,7 +102,8 @@ def test_fine_tuning_starts_from_a_workdirs_latest_checkpoint(trained, tmp_path)
         np.testing.assert_array_equal(ours, trained_leaf)
     # Another cost-volume size cannot take those weights: the error names the weight.
     config.model.num_depth_bins = 8
-    with pytest.raises(ValueError, match=r"uninterrupted.*: weight params/encoder/.* has shape"):
+    with pytest.raises(ValueError,
+                       match=r"uninterrupted.*: weight params/student_encoder/.* has shape"):
         fine_tune.initial_variables(config, trainer.build_model(config), jax.random.PRNGKey(0))
 
 
@@ -197,7 +198,7 @@ def test_final_evaluation_and_hparams_reach_tensorboard(trained, tmp_path):
             hparams |= set(accumulator.PluginTagToContent("hparams"))
         except KeyError:
             pass
-    assert "eval/multi_frame/all/abs_rel" in tags and "eval/teacher/all/abs_rel" in tags
+    assert "eval/student/all/abs_rel" in tags and "eval/teacher/all/abs_rel" in tags
     assert "_hparams_/session_start_info" in hparams
     assert os.path.exists(os.path.join(workdir, "eval_results.json"))
 

@@ -10,12 +10,12 @@ How the reference combines them for one scale (all maps at the full training res
 * candidates: ``reprojection_error(warped_f, target)`` for each source frame f, and
   ``reprojection_error(source_f, target)`` for the identity (unwarped) candidates;
 * ``reprojection = per_pixel_minimum(candidates)``, ``identity = per_pixel_minimum(identities)``;
-* single-frame (teacher) network: mask = ``automask(reprojection, identity, noise)``;
-  multi-frame network: the automask is computed but then *replaced* by
-  ``multi_frame_masks(consistency_mask, augmentation_mask)``, where ``consistency_mask`` is the
+* the teacher (single-frame network): mask = ``automask(reprojection, identity, noise)``;
+  the student (multi-frame network): the automask is computed but then *replaced* by
+  ``student_masks(consistency_mask, augmentation_mask)``, where ``consistency_mask`` is the
   nearest-upsampled cost-volume confidence times ``compute_matching_mask(...)``;
-* ``masked_mean(reprojection, mask)`` + (multi-frame only)
-  ``consistency_loss(multi_depth, mono_depth, 1 - mask)`` +
+* ``masked_mean(reprojection, mask)`` + (student only)
+  ``consistency_loss(student_depth, teacher_depth, 1 - mask)`` +
   ``smoothness_weight * smoothness_loss(normalise_disparity(disp_s), color_s) / 2**s`` with the
   network's own disparity and the target image at that scale's resolution.
 """
@@ -153,29 +153,29 @@ def masked_mean(loss: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(loss * mask) / (jnp.sum(mask) + MASKED_MEAN_EPS)
 
 
-def compute_matching_mask(mono_depth: jax.Array, lowest_cost: jax.Array) -> jax.Array:
+def compute_matching_mask(teacher_depth: jax.Array, lowest_cost: jax.Array) -> jax.Array:
     """Where the cost volume agrees with the teacher: 1.0 if neither depth exceeds twice the other.
 
-    ``mono_depth`` is the teacher's full-resolution depth at scale 0 and ``lowest_cost`` the
+    ``teacher_depth`` is the teacher's full-resolution depth at scale 0 and ``lowest_cost`` the
     cost volume's arg-min *disparity* (``1 / depth``) upsampled (nearest) to the same size;
-    both (B, H, W, 1). The reference tests ``(d_cv - d_mono) / d_mono < 1`` and
-    ``(d_mono - d_cv) / d_cv < 1``. A comparison has no gradient; both inputs are also
+    both (B, H, W, 1). The reference tests ``(d_cv - d_teacher) / d_teacher < 1`` and
+    ``(d_teacher - d_cv) / d_cv < 1``. A comparison has no gradient; both inputs are also
     stopped so no gradient can leak through any later arithmetic on them.
     """
-    mono_depth = jax.lax.stop_gradient(mono_depth)
+    teacher_depth = jax.lax.stop_gradient(teacher_depth)
     matching_depth = 1.0 / jax.lax.stop_gradient(lowest_cost)
-    agree = (((matching_depth - mono_depth) / mono_depth) < 1.0) & (
-        ((mono_depth - matching_depth) / matching_depth) < 1.0
+    agree = (((matching_depth - teacher_depth) / teacher_depth) < 1.0) & (
+        ((teacher_depth - matching_depth) / matching_depth) < 1.0
     )
-    return agree.astype(mono_depth.dtype)
+    return agree.astype(teacher_depth.dtype)
 
 
-def multi_frame_masks(
+def student_masks(
     consistency_mask: jax.Array, augmentation_mask: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """The multi-frame network's (reprojection mask, consistency-loss mask).
+    """The student's (reprojection mask, consistency-loss mask).
 
-    The multi-frame loss does not use the auto-mask: its reprojection mask is
+    The student's loss does not use the auto-mask: its reprojection mask is
     ``consistency_mask`` ((B, H, W, 1): nearest-upsampled cost-volume confidence times
     ``compute_matching_mask``; pass ones for ``--disable_motion_masking``) times
     ``1 - augmentation_mask`` ((B, 1, 1, 1), 1 for images whose lookup frames were replaced by
@@ -189,12 +189,13 @@ def multi_frame_masks(
     return mask, 1.0 - mask
 
 
-def consistency_loss(multi_depth: jax.Array, mono_depth: jax.Array, mask: jax.Array) -> jax.Array:
-    """Pull the multi-frame depth towards the teacher's where ``mask`` is 1.
+def consistency_loss(student_depth: jax.Array, teacher_depth: jax.Array,
+                     mask: jax.Array) -> jax.Array:
+    """Pull the student's depth towards the teacher's where ``mask`` is 1.
 
-    ``mean(|multi_depth - stop_gradient(mono_depth)| * mask)`` over *all* pixels (not over
-    the mask): depths (B, H, W, 1) at full resolution for the same scale; the teacher is
+    ``mean(|student_depth - stop_gradient(teacher_depth)| * mask)`` over *all* pixels (not
+    over the mask): depths (B, H, W, 1) at full resolution for the same scale; the teacher is
     detached as in the reference.
     """
-    mono_depth = jax.lax.stop_gradient(mono_depth)
-    return jnp.mean(_abs(multi_depth - mono_depth) * mask)
+    teacher_depth = jax.lax.stop_gradient(teacher_depth)
+    return jnp.mean(_abs(student_depth - teacher_depth) * mask)

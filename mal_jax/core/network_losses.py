@@ -1,8 +1,10 @@
 """The two networks' self-supervised losses, as the reference composes ``mal_jax.core.losses``.
 
-* :func:`teacher_loss` (single-frame teacher): auto-masked minimum reprojection + smoothness.
-* :func:`student_loss` (multi-frame student): minimum reprojection where the cost volume is
-  trusted, consistency with the detached teacher elsewhere, smoothness; poses detached.
+* :func:`teacher_loss` (the teacher, single-frame network): auto-masked minimum reprojection +
+  smoothness.
+* :func:`student_loss` (the student, multi-frame network): minimum reprojection where the
+  cost volume is trusted, consistency with the detached teacher elsewhere, smoothness; poses
+  detached.
 
 Both average over ``LossSettings.scales`` (ManyDepth: 0..3; MAL: 0 only, which the settings
 resolve, see :mod:`mal_jax.mal.objective`) and take ``hints``: a function that builds extra
@@ -91,7 +93,7 @@ def _average_over_scales(scales: tuple[int, ...], scale_terms
 def teacher_loss(outputs: dict, batch: dict, settings: LossSettings,
                  hints: HintFn | None = None, noise_rng: jax.Array | None = None
                  ) -> tuple[jax.Array, dict, jax.Array | None]:
-    """The single-frame teacher's loss; returns ``(loss, parts, reprojection_min)``.
+    """The teacher's loss; returns ``(loss, parts, reprojection_min)``.
 
     ``reprojection_min`` (B, H, W, 1) is the full-resolution per-pixel minimum over all
     candidates before auto-masking (``None`` if scale 0 is not a loss scale). The hint images
@@ -102,7 +104,7 @@ def teacher_loss(outputs: dict, batch: dict, settings: LossSettings,
     identity = identity_error(frames) if settings.automasking else None
 
     def scale_terms(scale):
-        reprojection = min_reprojection(frames, outputs["mono_depth"][scale],
+        reprojection = min_reprojection(frames, outputs["teacher_depth"][scale],
                                         outputs["cam_T_cam"], K0, inv_K0, hints)
         if identity is not None:
             noise = None
@@ -113,7 +115,7 @@ def teacher_loss(outputs: dict, batch: dict, settings: LossSettings,
         else:
             mask = jnp.ones_like(reprojection)
         reproj_loss = losses.masked_mean(reprojection, mask)
-        loss = reproj_loss + smoothness_term(outputs["mono_disp"][scale], frames, scale,
+        loss = reproj_loss + smoothness_term(outputs["teacher_disp"][scale], frames, scale,
                                              settings.disparity_smoothness)
         return {"reproj_loss": reproj_loss, "loss": loss}, reprojection
 
@@ -126,12 +128,12 @@ def student_masks(outputs: dict, settings: LossSettings) -> tuple[jax.Array, jax
     consistency = outputs["consistency_mask"]
     if not settings.motion_masking:
         consistency = jnp.ones_like(consistency)
-    return losses.multi_frame_masks(consistency, outputs["augmentation_mask"][:, None, None, None])
+    return losses.student_masks(consistency, outputs["augmentation_mask"][:, None, None, None])
 
 
 def student_loss(outputs: dict, batch: dict, settings: LossSettings,
                  hints: HintFn | None = None) -> tuple[jax.Array, dict, jax.Array | None]:
-    """The multi-frame student's loss; returns ``(loss, parts, reprojection_min)`` like
+    """The student's loss; returns ``(loss, parts, reprojection_min)`` like
     :func:`teacher_loss`. Poses are detached: this loss does not train the pose network."""
     frames = batch["frames"]
     K0, inv_K0 = batch["K"][:, 0], batch["inv_K"][:, 0]
@@ -139,13 +141,13 @@ def student_loss(outputs: dict, batch: dict, settings: LossSettings,
     trusted, consistency_weight = student_masks(outputs, settings)
 
     def scale_terms(scale):
-        depth = outputs["depth"][scale]
+        depth = outputs["student_depth"][scale]
         reprojection = min_reprojection(frames, depth, cam_T_cam, K0, inv_K0, hints)
         reproj_loss = losses.masked_mean(reprojection, trusted)
-        consistency = losses.consistency_loss(depth, outputs["mono_depth"][scale],
+        consistency = losses.consistency_loss(depth, outputs["teacher_depth"][scale],
                                               consistency_weight)
         loss = reproj_loss + consistency + smoothness_term(
-            outputs["disp"][scale], frames, scale, settings.disparity_smoothness)
+            outputs["student_disp"][scale], frames, scale, settings.disparity_smoothness)
         return ({"reproj_loss": reproj_loss, "consistency_loss": consistency, "loss": loss},
                 reprojection)
 

@@ -1,4 +1,5 @@
-"""Depth evaluation of a ManyDepth/MAL model: multi-frame model and single-frame teacher.
+"""Depth evaluation of a ManyDepth/MAL model: the student (multi-frame network) and the teacher
+(single-frame network).
 
 Follows ManyDepth's ``evaluate_depth.py``: the lookup frame is frame -1, its pose comes from
 the pose net on (frame -1, frame 0), inverted; the cost volume spans the checkpoint's adaptive
@@ -37,7 +38,7 @@ from mal_jax.eval.metrics import METRIC_NAMES, EvalProtocol
 from mal_jax.eval.presets import EvalPreset, get_preset
 from mal_jax.eval.progress import track
 
-MODELS = ("multi_frame", "teacher")
+MODELS = ("student", "teacher")
 
 
 # ------------------------------------------------------------------ scoring

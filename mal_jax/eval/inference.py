@@ -1,7 +1,8 @@
-"""Network passes shared by evaluation and prediction: lookup pose, multi-frame and teacher
-disparities, and a jitted batch predictor for evaluation batches.
+"""Network passes shared by evaluation and prediction: lookup pose, the student's (multi-frame
+network) and the teacher's (single-frame network) disparities, and a jitted batch predictor for
+evaluation batches.
 
-The multi-frame pass follows ManyDepth's ``evaluate_depth.py``: the lookup frame's pose comes
+The student's pass follows ManyDepth's ``evaluate_depth.py``: the lookup frame's pose comes
 from the pose net on (lookup, current) and is inverted (current -> lookup camera); the cost
 volume spans the checkpoint's adaptive depth bins. A zeroed pose is the reference's signal for
 "no lookup frame" (the cost volume stays empty, as in ``test_simple --mode mono``).
@@ -45,7 +46,7 @@ def load_inference(path: str) -> InferenceModelLike:
 # ------------------------------------------------------------------ network passes
 
 
-def multi_frame_disparity(
+def student_disparity(
     model: ManyDepth,
     variables: dict,
     current: jax.Array,
@@ -58,7 +59,7 @@ def multi_frame_disparity(
     min_depth: float,
     max_depth: float,
 ) -> jax.Array:
-    """Scaled disparity (B, H, W) of the multi-frame model with one lookup frame.
+    """Scaled disparity (B, H, W) of the student with one lookup frame.
 
     The lookup pose is the pose net on (lookup, current), inverted; where ``zero_pose`` (B,)
     is set it is zeroed, which the cost volume reads as "no lookup frame" (``test_simple``'s
@@ -69,7 +70,7 @@ def multi_frame_disparity(
         axisangle[:, 0, 0], translation[:, 0, 0], invert=True
     )
     pose = jnp.where(zero_pose[:, None, None], 0.0, pose)
-    (disps, *_), _ = model.multi_frame(
+    (disps, *_), _ = model.student(
         variables,
         current,
         lookup[:, None],
@@ -86,7 +87,7 @@ def multi_frame_disparity(
 def teacher_disparity(
     model: ManyDepth, variables: dict, current: jax.Array, min_depth: float, max_depth: float
 ) -> jax.Array:
-    """Scaled disparity (B, H, W) of the single-frame teacher."""
+    """Scaled disparity (B, H, W) of the teacher."""
     (disps, _), _ = model.teacher(variables, current, train=False)
     return geometry.disp_to_depth(disps[0][..., 0], min_depth, max_depth)[0]
 
@@ -109,7 +110,7 @@ def _eval_forward(model: ManyDepth, min_depth: float, max_depth: float):
         present = jnp.any(previous != 0, axis=(1, 2, 3))
         lookup = jnp.where(present[:, None, None, None], previous, current)
         never_zero = jnp.zeros(present.shape, bool)
-        multi = multi_frame_disparity(
+        student = student_disparity(
             model,
             variables,
             current,
@@ -122,7 +123,7 @@ def _eval_forward(model: ManyDepth, min_depth: float, max_depth: float):
             min_depth,
             max_depth,
         )
-        return multi, teacher_disparity(model, variables, current, min_depth, max_depth)
+        return student, teacher_disparity(model, variables, current, min_depth, max_depth)
 
     return jax.jit(forward)
 
@@ -145,7 +146,7 @@ def make_batch_predictor(
         if frames.ndim != 5 or frames.shape[1] != 2:
             raise ValueError(f"eval batch 'frames' {frames.shape}: expected (B, 2, H, W, 3)")
         count = frames.shape[0]
-        multi, teacher = forward(
+        student, teacher = forward(
             inference.variables,
             pad_batch(frames, batch_size),
             pad_batch(np.asarray(batch["K"])[:, 2], batch_size),
@@ -153,6 +154,6 @@ def make_batch_predictor(
             min_bin,
             max_bin,
         )
-        return {"multi_frame": np.asarray(multi)[:count], "teacher": np.asarray(teacher)[:count]}
+        return {"student": np.asarray(student)[:count], "teacher": np.asarray(teacher)[:count]}
 
     return predict

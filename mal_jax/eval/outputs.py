@@ -17,7 +17,7 @@ from PIL import Image
 
 from mal_jax.eval.metrics import METRIC_NAMES
 
-MODEL_LABELS = {"multi_frame": "multi-frame", "teacher": "teacher (frame 0 only)"}
+MODEL_LABELS = {"student": "student (multi-frame)", "teacher": "teacher (frame 0 only)"}
 REGION_TITLES = {"all": "All valid pixels", "moving": "Moving-object pixels"}
 # Columns where lower is better get an arrow down, accuracies an arrow up (the papers' style).
 _HEADERS = {

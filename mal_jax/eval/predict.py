@@ -5,9 +5,9 @@
 ``--frames`` is a folder (its image files, sorted by name) or a list of image files, in time
 order. Each frame is resized to the model's training size (Pillow LANCZOS, as ManyDepth's
 ``test_simple``) and predicted with the previous frame as the lookup frame. The first frame has
-no previous frame: it is run like ``test_simple --mode mono``, the multi-frame network with a
-zero lookup pose, which leaves the cost volume empty. ``--mode teacher`` runs the single-frame
-teacher on every frame instead.
+no previous frame: it is run like ``test_simple --mode mono``, the student (multi-frame network)
+with a zero lookup pose, which leaves the cost volume empty. ``--mode teacher`` runs the teacher
+(single-frame network) on every frame instead.
 
 Per frame ``<stem>_depth.npy`` (H, W) float32 depth at network resolution, in the units of
 ``--min_depth/--max_depth`` (up to the scale ambiguity of self-supervised training), and
@@ -32,11 +32,13 @@ from mal_jax.eval import outputs as eval_outputs
 from mal_jax.eval.inference import (
     InferenceModelLike,
     load_inference,
-    multi_frame_disparity,
+    student_disparity,
     teacher_disparity,
 )
 from mal_jax.eval.progress import track
 
+# Which network predicts: the student (multi-frame) or the teacher (single-frame).
+MODES = ("student", "teacher")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 # ManyDepth's KITTI intrinsics, normalised by the image size (its default for KITTI training).
 KITTI_NORMALISED_K = ((0.58, 0.0, 0.5), (0.0, 1.92, 0.5), (0.0, 0.0, 1.0))
@@ -102,8 +104,8 @@ def make_step(inference: InferenceModelLike, mode: str, min_depth: float, max_de
     model, variables = inference.model, inference.variables
     min_bin = jnp.float32(inference.min_depth_bin)
     max_bin = jnp.float32(inference.max_depth_bin)
-    if mode not in ("multi", "teacher"):
-        raise ValueError(f"--mode {mode!r}: expected 'multi' or 'teacher'")
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode!r}: expected 'student' or 'teacher'")
 
     @jax.jit
     def step(variables, previous, current, has_previous, K, inv_K):
@@ -113,7 +115,7 @@ def make_step(inference: InferenceModelLike, mode: str, min_depth: float, max_de
         else:
             lookup = jnp.where(has_previous, previous, current)
             zero_pose = jnp.logical_not(has_previous)[None]
-            disp = multi_frame_disparity(
+            disp = student_disparity(
                 model,
                 variables,
                 current,
@@ -139,7 +141,7 @@ def predict_sequence(
     height: int | None = None,
     width: int | None = None,
     intrinsics=KITTI_NORMALISED_K,
-    mode: str = "multi",
+    mode: str = "student",
     min_depth: float = 0.1,
     max_depth: float = 100.0,
 ) -> list[str]:
@@ -183,7 +185,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--intrinsics", default=None, help="JSON normalised 3x3 K (default: ManyDepth's KITTI K)"
     )
-    parser.add_argument("--mode", choices=("multi", "teacher"), default="multi")
+    parser.add_argument("--mode", choices=MODES, default="student")
     parser.add_argument("--min_depth", type=float, default=0.1, help="training min depth")
     parser.add_argument("--max_depth", type=float, default=100.0, help="training max depth")
     return parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""MAL distillation hints: per pixel, distil the multi-frame student towards whichever depth
+"""MAL distillation hints: per pixel, distil the student (multi-frame network) towards whichever
 reprojects best among the teacher's, an ensemble of both, and the student's own.
 
 Behaviour reproduced from the MAL reference (ManyDepth setting, full resolution only):

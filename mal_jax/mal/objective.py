@@ -104,13 +104,15 @@ def _distillation_loss(outputs: dict, batch: dict, settings: LossSettings, ensem
                          f"loss scales {settings.scales} must include 0")
     ensemble_error = None
     if ensemble:
-        disp = distillation.ensemble_disparity(outputs["mono_disp"][0], outputs["disp"][0])
+        disp = distillation.ensemble_disparity(outputs["teacher_disp"][0],
+                                               outputs["student_disp"][0])
         ensemble_error = distillation.ensemble_reprojection(
             batch["frames"], disp, outputs["cam_T_cam"], batch["K"][:, 0], batch["inv_K"][:, 0],
             settings.min_depth, settings.max_depth)
     trusted, _ = network_losses.student_masks(outputs, settings)
     loss, _ = distillation.distillation_hint(teacher_error, student_error,
-                                             outputs["mono_depth"][0], outputs["depth"][0],
+                                             outputs["teacher_depth"][0],
+                                             outputs["student_depth"][0],
                                              trusted, ensemble_error)
     return loss
 

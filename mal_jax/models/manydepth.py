@@ -1,9 +1,12 @@
-"""The six ManyDepth networks as one container of pure functions over a variables tree.
+"""ManyDepth's three networks as one container of pure functions over a variables tree.
 
-Variables are ``{"params": {net: ...}, "batch_stats": {net: ...}}`` with ``net`` one of the six
-names a ManyDepth checkpoint folder uses (encoder, depth, mono_encoder, mono_depth,
-pose_encoder, pose). Every call takes ``train`` per network so that a frozen teacher and pose
-network keep their BatchNorm on running averages while the student trains.
+Three networks, two modules each: the **teacher** (single-frame network: ResNet encoder and
+depth decoder), the **student** (multi-frame network: matching encoder with the cost volume and
+depth decoder) and the **pose** network (ResNet encoder and pose decoder). Variables are
+``{"params": {net: ...}, "batch_stats": {net: ...}}`` with ``net`` one of
+:data:`NETWORK_NAMES`; ``mal_jax.port.convert`` maps them to the reference's checkpoint file
+names. Every call takes ``train`` per network so that a frozen teacher and pose network keep
+their BatchNorm on running averages while the student trains.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from mal_jax.models.decoders import DepthDecoder, PoseDecoder
 from mal_jax.models.matching import MatchingEncoder
 from mal_jax.models.resnet import ResnetEncoder
 
-NETWORK_NAMES = ("encoder", "depth", "mono_encoder", "mono_depth", "pose_encoder", "pose")
+NETWORK_NAMES = (
+    "student_encoder", "student_depth", "teacher_encoder", "teacher_depth", "pose_encoder",
+    "pose_decoder",
+)
 
 
 def _net_variables(variables: dict, net: str) -> dict:
@@ -39,8 +45,8 @@ class ManyDepth:
     """Static architecture description plus apply helpers.
 
     Attributes:
-      num_layers: ResNet depth of the matching encoder (18 or 50).
-      mono_num_layers: ResNet depth of the teacher encoder (the reference always uses 18).
+      num_layers: ResNet depth of the student's matching encoder (18 or 50).
+      teacher_num_layers: ResNet depth of the teacher encoder (the reference always uses 18).
       num_depth_bins: cost-volume depth hypotheses (paper: 96).
       inverse_depth_bins: bins linear in inverse depth instead of depth (paper: linear).
       scales: disparity scales the decoders output (paper: 0..3).
@@ -50,7 +56,7 @@ class ManyDepth:
     """
 
     num_layers: int = 18
-    mono_num_layers: int = 18
+    teacher_num_layers: int = 18
     num_depth_bins: int = 96
     inverse_depth_bins: bool = False
     scales: tuple[int, ...] = (0, 1, 2, 3)
@@ -62,19 +68,19 @@ class ManyDepth:
                              f"{self.compute_dtype!r}")
 
     @property
-    def encoder(self) -> MatchingEncoder:
+    def student_encoder(self) -> MatchingEncoder:
         return MatchingEncoder(self.num_layers, self.num_depth_bins, self.inverse_depth_bins)
 
     @property
-    def depth(self) -> DepthDecoder:
+    def student_depth(self) -> DepthDecoder:
         return DepthDecoder(self.scales)
 
     @property
-    def mono_encoder(self) -> ResnetEncoder:
-        return ResnetEncoder(self.mono_num_layers, 1)
+    def teacher_encoder(self) -> ResnetEncoder:
+        return ResnetEncoder(self.teacher_num_layers, 1)
 
     @property
-    def mono_depth(self) -> DepthDecoder:
+    def teacher_depth(self) -> DepthDecoder:
         return DepthDecoder(self.scales)
 
     @property
@@ -94,23 +100,23 @@ class ManyDepth:
         image = jnp.zeros((1, height, width, 3), jnp.float32)
         eye = jnp.eye(4)[None]
         K = jnp.broadcast_to(eye, (1, 4, 4))
-        enc = self.encoder.init(keys[0], image, image[:, None], eye[:, None], K, K, 0.1, 10.0,
-                                train=False)
-        feats = self.encoder.apply(enc, image, image[:, None], eye[:, None], K, K, 0.1, 10.0,
-                                   train=False)[0]
-        mono = self.mono_encoder.init(keys[2], image, train=False)
-        mono_feats = self.mono_encoder.apply(mono, image, train=False)
+        student = self.student_encoder.init(keys[0], image, image[:, None], eye[:, None], K, K,
+                                            0.1, 10.0, train=False)
+        student_feats = self.student_encoder.apply(student, image, image[:, None], eye[:, None],
+                                                   K, K, 0.1, 10.0, train=False)[0]
+        teacher = self.teacher_encoder.init(keys[2], image, train=False)
+        teacher_feats = self.teacher_encoder.apply(teacher, image, train=False)
         pose_enc = self.pose_encoder.init(keys[4], jnp.concatenate([image, image], -1),
                                           train=False)
         pose_feats = self.pose_encoder.apply(pose_enc, jnp.concatenate([image, image], -1),
                                              train=False)
         trees = {
-            "encoder": enc,
-            "depth": self.depth.init(keys[1], feats),
-            "mono_encoder": mono,
-            "mono_depth": self.mono_depth.init(keys[3], mono_feats),
+            "student_encoder": student,
+            "student_depth": self.student_depth.init(keys[1], student_feats),
+            "teacher_encoder": teacher,
+            "teacher_depth": self.teacher_depth.init(keys[3], teacher_feats),
             "pose_encoder": pose_enc,
-            "pose": self.pose_decoder.init(keys[5], pose_feats[-1]),
+            "pose_decoder": self.pose_decoder.init(keys[5], pose_feats[-1]),
         }
         return {
             "params": {net: tree["params"] for net, tree in trees.items()},
@@ -145,25 +151,29 @@ class ManyDepth:
         feats, stats = self._apply(self.pose_encoder, variables, "pose_encoder", train,
                                    jnp.concatenate([frame_before, frame_after], axis=-1))
         axisangle, translation = self._run(
-            self.pose_decoder, {"params": variables["params"]["pose"]}, feats[-1])
+            self.pose_decoder, {"params": variables["params"]["pose_decoder"]}, feats[-1])
         return (axisangle, translation), stats
 
     def teacher(self, variables, image, train: bool):
-        """Single-frame disparities ``{scale: (B, h, w, 1)}`` and the teacher features."""
-        feats, stats = self._apply(self.mono_encoder, variables, "mono_encoder", train, image)
-        disps = self._run(self.mono_depth, {"params": variables["params"]["mono_depth"]}, feats)
+        """The teacher's (single-frame) disparities ``{scale: (B, h, w, 1)}`` and features."""
+        feats, stats = self._apply(self.teacher_encoder, variables, "teacher_encoder", train,
+                                   image)
+        disps = self._run(self.teacher_depth, {"params": variables["params"]["teacher_depth"]},
+                          feats)
         return (disps, feats), stats
 
-    def multi_frame(self, variables, image, lookup_images, lookup_poses, K, inv_K,
-                    min_depth_bin, max_depth_bin, train: bool):
-        """Multi-frame disparities, lowest-cost disparity and confidence mask (1/4 res).
+    def student(self, variables, image, lookup_images, lookup_poses, K, inv_K,
+                min_depth_bin, max_depth_bin, train: bool):
+        """The student's (multi-frame) disparities, lowest-cost disparity and confidence mask
+        (1/4 res).
 
         ``K``/``inv_K`` are the intrinsics at scale 2 (the cost volume's resolution).
         """
         (feats, lowest_cost, confidence), stats = self._apply(
-            self.encoder, variables, "encoder", train, image, lookup_images, lookup_poses, K,
-            inv_K, min_depth_bin, max_depth_bin, float32_args=5)
-        disps = self._run(self.depth, {"params": variables["params"]["depth"]}, feats)
+            self.student_encoder, variables, "student_encoder", train, image, lookup_images,
+            lookup_poses, K, inv_K, min_depth_bin, max_depth_bin, float32_args=5)
+        disps = self._run(self.student_depth, {"params": variables["params"]["student_depth"]},
+                          feats)
         return (disps, feats, lowest_cost, confidence), stats
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from mal_jax.core.network_losses import LossSettings
 from mal_jax.mal.objective import MANYDEPTH, objective
 from mal_jax.models.manydepth import ManyDepth
-from mal_jax.port.convert import convert_state_dicts
+from mal_jax.port.convert import REFERENCE_FILES, convert_state_dicts
 from mal_jax.port.golden import GoldenFile, nchw_to_nhwc
 from mal_jax.train.forward import train_forward
 
@@ -38,7 +38,8 @@ class Context:
         self._float64 = None
 
     def _num_bins(self) -> int:
-        return int(self.golden.state_dict("encoder")["reduce_conv.0.weight"].shape[1] - 64)
+        student_encoder = self.golden.state_dict(REFERENCE_FILES["student_encoder"])
+        return int(student_encoder["reduce_conv.0.weight"].shape[1] - 64)
 
     def _loss_fn(self, variables: dict, batch: dict, decisions: dict | None = None):
         """The reference's training-mode loss of ``params`` (aux: parts, outputs, variables).
@@ -102,9 +103,9 @@ def as_float64(tree):
                         if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)
 
 
-def eval_multi(ctx: Context, pose):
-    """The multi-frame network in eval mode with frame -1 as the lookup frame at ``pose``."""
+def eval_student(ctx: Context, pose):
+    """The student (multi-frame network) in eval mode with frame -1 as the lookup frame at
+    ``pose``."""
     K2 = ctx.batch["K"][:, 2]
-    return ctx.model.multi_frame(ctx.variables, ctx.colors[0], ctx.colors[-1][:, None],
-                                 pose[:, None], K2, jnp.linalg.inv(K2), *EVAL_BINS,
-                                 train=False)[0]
+    return ctx.model.student(ctx.variables, ctx.colors[0], ctx.colors[-1][:, None],
+                             pose[:, None], K2, jnp.linalg.inv(K2), *EVAL_BINS, train=False)[0]

@@ -8,6 +8,12 @@ Two sources:
 
 Every expected weight is looked up by its torch name, so a checkpoint that does not fit fails
 naming the key (missing, unexpected, or of the wrong shape).
+
+The reference names its networks by checkpoint file (``encoder`` and ``depth`` for the student,
+``mono_encoder`` and ``mono_depth`` for the teacher, ``pose_encoder`` and ``pose``); the port
+names them teacher, student and pose (``mal_jax.models.manydepth.NETWORK_NAMES``).
+:data:`REFERENCE_FILES` is the one table between the two: state_dicts going in and out of this
+module are keyed by the reference's file names, Flax variables by the port's.
 """
 
 from __future__ import annotations
@@ -22,13 +28,25 @@ import numpy as np
 
 from mal_jax.models.manydepth import NETWORK_NAMES, ManyDepth
 
+# The reference's checkpoint file (without ``.pth``) of each network of the port.
+REFERENCE_FILES = {
+    "student_encoder": "encoder",
+    "student_depth": "depth",
+    "teacher_encoder": "mono_encoder",
+    "teacher_depth": "mono_depth",
+    "pose_encoder": "pose_encoder",
+    "pose_decoder": "pose",
+}
+
 # Keys a ManyDepth checkpoint holds that carry no weight of ours: pixel grids rebuilt on the fly,
 # BatchNorm step counters, the unused ImageNet classifier of torchvision's ResNet, and the
 # matching encoder's ``prematching_conv``, which the reference creates but never calls.
 _DERIVED_SUFFIXES = ("num_batches_tracked",)
 _UNUSED_PREFIXES = ("backprojector.", "projector.", "encoder.fc.", "fc.", "prematching_conv.")
-# Metadata entries of encoder.pth.
+# Metadata entries of encoder.pth (the student's matching encoder), the file that also marks a
+# folder as a ManyDepth checkpoint.
 METADATA_KEYS = ("height", "width", "min_depth_bin", "max_depth_bin")
+METADATA_FILE = f"{REFERENCE_FILES['student_encoder']}.pth"
 
 _BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
@@ -38,7 +56,8 @@ class CheckpointMismatch(ValueError):
 
 
 def _resnet_key(path: tuple[str, ...], matching: bool) -> str:
-    """Torch name of a ResNet encoder leaf (torchvision names, ManyDepth's for matching)."""
+    """Torch name of a ResNet encoder leaf (torchvision names, ManyDepth's for the student's
+    matching encoder)."""
     head, rest = path[0], list(path[1:])
     leaf = rest[-1]
     renamed = []
@@ -78,12 +97,13 @@ def _pose_key(path: tuple[str, ...]) -> str:
 
 
 def torch_key(net: str, path: tuple[str, ...]) -> str:
-    """The state_dict name of the Flax leaf ``path`` (params or batch_stats) of ``net``."""
-    if net in ("encoder", "mono_encoder", "pose_encoder"):
-        return _resnet_key(path, matching=net == "encoder")
-    if net in ("depth", "mono_depth"):
+    """The state_dict name of the Flax leaf ``path`` (params or batch_stats) of the port's
+    network ``net``."""
+    if net in ("student_encoder", "teacher_encoder", "pose_encoder"):
+        return _resnet_key(path, matching=net == "student_encoder")
+    if net in ("student_depth", "teacher_depth"):
         return _decoder_key(path)
-    if net == "pose":
+    if net == "pose_decoder":
         return _pose_key(path)
     raise KeyError(f"unknown network {net!r}; expected one of {NETWORK_NAMES}")
 
@@ -110,13 +130,14 @@ def _abstract_variables(model: ManyDepth) -> dict:
 
 def convert_network(net: str, state_dict: Mapping[str, np.ndarray], abstract: dict,
                     source: str = "") -> dict:
-    """One network's ``{"params": ..., "batch_stats": ...}`` from its torch state_dict."""
-    source = source or f"{net}.pth"
+    """The port's network ``net`` as ``{"params": ..., "batch_stats": ...}`` from its torch
+    state_dict (the reference's file ``REFERENCE_FILES[net]``)."""
+    source = source or f"{REFERENCE_FILES[net]}.pth"
     if net.endswith("encoder"):
         expected = 50 if "conv3" in abstract["params"][net]["layer1"]["0"] else 18
         found = _guess_depth(state_dict)
         if found != expected:
-            marker = ("layer1.1.0.conv3.weight" if net == "encoder"
+            marker = ("layer1.1.0.conv3.weight" if net == "student_encoder"
                       else "encoder.layer1.0.conv3.weight")
             raise CheckpointMismatch(
                 f"{source}: checkpoint is a ResNet-{found} (key {marker!r} "
@@ -162,25 +183,28 @@ def _metadata(encoder_state: Mapping[str, np.ndarray]) -> dict:
 
 def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, np.ndarray]],
                         model: ManyDepth | None = None, source: str = "") -> tuple[dict, dict]:
-    """All six networks from ``{net: state_dict}`` -> (Flax variables, encoder metadata).
+    """All six networks from ``{reference file name: state_dict}`` -> (Flax variables keyed by
+    the port's names, ``encoder.pth``'s metadata).
 
-    ``model`` defaults to the reference architecture with the matching encoder's depth read from
-    the checkpoint.
+    ``model`` defaults to the reference architecture with the student's matching encoder depth
+    read from the checkpoint.
     """
-    missing = [net for net in NETWORK_NAMES if net not in state_dicts]
+    files = list(REFERENCE_FILES.values())
+    missing = [file for file in files if file not in state_dicts]
     if missing:
         raise CheckpointMismatch(f"{source or 'checkpoint'}: no state_dict for {missing[0]!r}"
-                                 f" (expected {', '.join(NETWORK_NAMES)})")
+                                 f" (expected {', '.join(files)})")
+    student_encoder = state_dicts[REFERENCE_FILES["student_encoder"]]
     if model is None:
-        model = ManyDepth(num_layers=_guess_depth(state_dicts["encoder"]))
+        model = ManyDepth(num_layers=_guess_depth(student_encoder))
     abstract = _abstract_variables(model)
     variables = {"params": {}, "batch_stats": {}}
-    for net in NETWORK_NAMES:
-        name = os.path.join(source, f"{net}.pth") if source else f"{net}.pth"
-        converted = convert_network(net, state_dicts[net], abstract, name)
+    for net, file in REFERENCE_FILES.items():
+        name = os.path.join(source, f"{file}.pth") if source else f"{file}.pth"
+        converted = convert_network(net, state_dicts[file], abstract, name)
         variables["params"][net] = converted["params"]
         variables["batch_stats"][net] = converted["batch_stats"]
-    return variables, _metadata(state_dicts["encoder"])
+    return variables, _metadata(student_encoder)
 
 
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -198,8 +222,8 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def load_manydepth_folder(folder: str, model: ManyDepth | None = None) -> tuple[dict, dict]:
     """Flax variables and metadata from a ManyDepth checkpoint folder of six ``.pth`` files."""
-    state_dicts = {net: read_torch_state_dict(os.path.join(folder, f"{net}.pth"))
-                   for net in NETWORK_NAMES}
+    state_dicts = {file: read_torch_state_dict(os.path.join(folder, f"{file}.pth"))
+                   for file in REFERENCE_FILES.values()}
     return convert_state_dicts(state_dicts, model, source=folder)
 
 
@@ -208,9 +232,9 @@ def resnet_encoder_from_torchvision(state_dict: Mapping[str, np.ndarray], abstra
                                     source: str = "torchvision state_dict") -> dict:
     """Initialise one encoder from a torchvision ResNet ImageNet state_dict.
 
-    Layers the torchvision model lacks (the matching encoder's ``reduce_conv``) are left out of
-    the result: merge it over fresh variables. The multi-image pose encoder gets the first
-    convolution repeated per image and divided by the image count, as the reference does.
+    Layers the torchvision model lacks (the student's matching encoder's ``reduce_conv``) are
+    left out of the result: merge it over fresh variables. The multi-image pose encoder gets the
+    first convolution repeated per image and divided by the image count, as the reference does.
     """
     out = {"params": {}, "batch_stats": {}}
     for collection in ("params", "batch_stats"):
@@ -244,25 +268,26 @@ def init_from_torchvision(variables: dict, state_dict: Mapping[str, np.ndarray],
     abstract = _abstract_variables(model)
     depth = _guess_depth(state_dict)
     new = {"params": dict(variables["params"]), "batch_stats": dict(variables["batch_stats"])}
-    for net, layers, images in (("encoder", model.num_layers, 1),
-                                ("mono_encoder", model.mono_num_layers, 1),
+    for net, layers, images in (("student_encoder", model.num_layers, 1),
+                                ("teacher_encoder", model.teacher_num_layers, 1),
                                 ("pose_encoder", 18, 2)):
         if layers != depth:
             continue
         net_abstract = {c: abstract[c][net] for c in ("params", "batch_stats")}
-        loaded = resnet_encoder_from_torchvision(state_dict, net_abstract, net == "encoder",
-                                                 images, source)
+        loaded = resnet_encoder_from_torchvision(state_dict, net_abstract,
+                                                 net == "student_encoder", images, source)
         merged_params = flax.traverse_util.flatten_dict(variables["params"][net])
         merged_params.update(flax.traverse_util.flatten_dict(loaded["params"]))
         new["params"][net] = flax.traverse_util.unflatten_dict(merged_params)
         new["batch_stats"][net] = loaded["batch_stats"]
-    if all(layers != depth for layers in (model.num_layers, model.mono_num_layers, 18)):
+    if all(layers != depth for layers in (model.num_layers, model.teacher_num_layers, 18)):
         raise CheckpointMismatch(f"{source}: a ResNet-{depth} state_dict fits none of the encoders")
     return new
 
 
 def to_state_dict(net: str, variables: dict) -> dict[str, np.ndarray]:
-    """The torch state_dict (numpy arrays) of one network: the converter's inverse."""
+    """The torch state_dict (numpy arrays) of the port's network ``net`` (the content of the
+    reference's ``REFERENCE_FILES[net]`` file): the converter's inverse."""
     out = {}
     for collection in ("params", "batch_stats"):
         tree = variables[collection].get(net, {})

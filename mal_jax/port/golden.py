@@ -12,7 +12,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-NETWORKS = ("encoder", "depth", "mono_encoder", "mono_depth", "pose_encoder", "pose")
+from mal_jax.port.convert import REFERENCE_FILES
+
+# The file's eval-mode disparities of each network, ``<prefix>/<scale>`` (NCHW): the reference
+# names the teacher ``mono`` and the student ``multi``.
+EVAL_DISPARITIES = {"teacher": "eval/mono_disp", "student": "eval/multi_disp"}
 
 
 class GoldenFile:
@@ -40,7 +44,8 @@ class GoldenFile:
         return sorted(k for k in self._arrays if k.startswith(prefix))
 
     def state_dict(self, net: str) -> dict[str, np.ndarray]:
-        """The float32 state_dict of one reference network (``w * s``)."""
+        """The float32 state_dict of one reference network (``w * s``), by its checkpoint file
+        name (``encoder``, ``mono_depth``, ...: ``convert.REFERENCE_FILES``)."""
         prefix = f"w/{net}/"
         out = {}
         for key in self.keys(prefix):
@@ -52,8 +57,9 @@ class GoldenFile:
         return out
 
     def state_dicts(self) -> dict[str, dict[str, np.ndarray]]:
-        """All six networks' state_dicts, keyed like a ManyDepth checkpoint folder."""
-        return {net: self.state_dict(net) for net in NETWORKS}
+        """All six networks' state_dicts, keyed like a ManyDepth checkpoint folder (by the
+        reference's file names, as ``convert.convert_state_dicts`` takes them)."""
+        return {file: self.state_dict(file) for file in REFERENCE_FILES.values()}
 
     def group(self, prefix: str) -> Mapping[str, np.ndarray]:
         """Arrays under ``prefix`` with the prefix stripped."""

@@ -27,18 +27,20 @@ import numpy as np
 
 from mal_jax.core import geometry, losses
 from mal_jax.port.checks import Check, compare_abs, compare_norm, compare_rel
-from mal_jax.port.context import GRAD_TOL, Context, eval_multi
-from mal_jax.port.convert import _to_flax, torch_key
-from mal_jax.port.golden import GoldenFile, nchw_to_nhwc
+from mal_jax.port.context import GRAD_TOL, Context, eval_student
+from mal_jax.port.convert import REFERENCE_FILES, _to_flax, torch_key
+from mal_jax.port.golden import EVAL_DISPARITIES, GoldenFile, nchw_to_nhwc
 
 
 def group_eval_teacher(ctx: Context) -> list[Check]:
+    """The teacher against the file's ``mono_*`` arrays (the reference's name for it)."""
     g = ctx.golden
     (disps, feats), _ = ctx.model.teacher(ctx.variables, ctx.colors[0], train=False)
     checks = [compare_abs(f"mono_feat/{i}", feats[i], nchw_to_nhwc(g[f"eval/mono_feat/{i}"]),
                           1e-4) for i in (0, 4)]
-    checks += [compare_abs(f"mono_disp/{s}", disps[s], nchw_to_nhwc(g[f"eval/mono_disp/{s}"]),
-                           1e-4) for s in range(4)]
+    checks += [compare_abs(f"mono_disp/{s}", disps[s],
+                           nchw_to_nhwc(g[f"{EVAL_DISPARITIES['teacher']}/{s}"]), 1e-4)
+               for s in range(4)]
     return checks
 
 
@@ -61,13 +63,15 @@ def group_eval_pose(ctx: Context) -> list[Check]:
 
 
 
-def group_eval_multi(ctx: Context) -> list[Check]:
+def group_eval_student(ctx: Context) -> list[Check]:
+    """The student against the file's ``multi_*`` arrays (the reference's name for it)."""
     g = ctx.golden
-    disps, feats, _, _ = eval_multi(ctx, jnp.asarray(g["eval/relative_pose/-1"]))
+    disps, feats, _, _ = eval_student(ctx, jnp.asarray(g["eval/relative_pose/-1"]))
     checks = [compare_abs(f"multi_feat/{i}", feats[i], nchw_to_nhwc(g[f"eval/multi_feat/{i}"]),
                           1e-4) for i in (1, 2, 4)]
-    checks += [compare_abs(f"multi_disp/{s}", disps[s], nchw_to_nhwc(g[f"eval/multi_disp/{s}"]),
-                           1e-4) for s in range(4)]
+    checks += [compare_abs(f"multi_disp/{s}", disps[s],
+                           nchw_to_nhwc(g[f"{EVAL_DISPARITIES['student']}/{s}"]), 1e-4)
+               for s in range(4)]
     return checks
 
 
@@ -115,17 +119,19 @@ def group_train_outputs(ctx: Context) -> list[Check]:
     checks = [compare_abs(f"cam_T_cam/{f}", outputs["cam_T_cam"][f], g[f"train/cam_T_cam/{f}"],
                           1e-4) for f in (-1, 1)]
     for s in range(4):
-        checks.append(compare_abs(f"disp/{s}", outputs["disp"][s],
+        checks.append(compare_abs(f"disp/{s}", outputs["student_disp"][s],
                                   nchw_to_nhwc(g[f"train/disp/{s}"]), 1e-4))
-        checks.append(compare_abs(f"mono_disp/{s}", outputs["mono_disp"][s],
+        checks.append(compare_abs(f"mono_disp/{s}", outputs["teacher_disp"][s],
                                   nchw_to_nhwc(g[f"train/mono_disp/{s}"]), 1e-4))
     return checks + train_discrete_checks(ctx)
 
 
 def _golden_leaves(ctx: Context, tree: dict, prefix: str):
+    """(name, our leaf, golden leaf) of ``tree`` (keyed by the port's networks) against the
+    file's arrays under ``prefix`` (keyed by the reference's file names and torch keys)."""
     for net, subtree in tree.items():
         for path, value in flax.traverse_util.flatten_dict(subtree).items():
-            key = f"{prefix}{net}/{torch_key(net, path)}"
+            key = f"{prefix}{REFERENCE_FILES[net]}/{torch_key(net, path)}"
             if key in ctx.golden:
                 yield key[len(prefix):], value, _to_flax(ctx.golden[key], path)
 
@@ -196,7 +202,7 @@ def _eval_cost_volume(ctx: Context) -> list[Check]:
 GROUPS: dict[str, tuple[str, Callable[[Context], list[Check]] | None]] = {
     "eval/teacher": ("eval/mono_disp/0", group_eval_teacher),
     "eval/pose": ("eval/axisangle/-1", group_eval_pose),
-    "eval/multi": ("eval/multi_disp/0", group_eval_multi),
+    "eval/student": ("eval/multi_disp/0", group_eval_student),
     "eval/cost_volume": ("eval/lowest_cost", _eval_cost_volume),
     "geo": ("geo/warped", group_geo),
     "photo": ("photo/ssim", group_photo),

@@ -39,11 +39,11 @@ RATIO_TOLERANCE = 1e-4
 
 
 def _layer1_features(ctx, variables, image, lookup, pose, K2, bins, train):
-    """The matching encoder's layer1 features of the current and lookup images (run as the
-    encoder runs them, so BatchNorm sees the same batches)."""
-    net = {"params": variables["params"]["encoder"],
-           "batch_stats": variables["batch_stats"]["encoder"]}
-    _, state = ctx.model.encoder.apply(
+    """The student's matching encoder's layer1 features of the current and lookup images (run
+    as the encoder runs them, so BatchNorm sees the same batches)."""
+    net = {"params": variables["params"]["student_encoder"],
+           "batch_stats": variables["batch_stats"]["student_encoder"]}
+    _, state = ctx.model.student_encoder.apply(
         net, image, lookup[:, None], pose[:, None], K2, jnp.linalg.inv(K2), *bins, train=train,
         capture_intermediates=lambda module, method: module.name == "layer1",
         mutable=["intermediates", "batch_stats"])
@@ -100,12 +100,12 @@ def matching_conditioning(ctx, variables, image, lookup, pose, K2, bins, train):
 
 def group_eval_cost_volume(ctx) -> list[Check]:
     """Eval-mode lowest cost and confidence (real pose), and confidence with a zero pose."""
-    from mal_jax.port.context import eval_multi
+    from mal_jax.port.context import eval_student
 
     g = ctx.golden
     pose = jnp.asarray(g["eval/relative_pose/-1"])
-    _, _, lowest_cost, confidence = eval_multi(ctx, pose)
-    _, _, _, confidence_zero = eval_multi(ctx, jnp.zeros_like(pose))
+    _, _, lowest_cost, confidence = eval_student(ctx, pose)
+    _, _, _, confidence_zero = eval_student(ctx, jnp.zeros_like(pose))
     _, ill_cost, ill_border = matching_conditioning(
         ctx, ctx.variables, ctx.colors[0], ctx.colors[-1], pose, ctx.batch["K"][:, 2],
         EVAL_BINS, train=False)
@@ -135,11 +135,11 @@ def train_discrete_checks(ctx) -> list[Check]:
     height, width = frames.shape[2:4]
     ill_lowest = conditioning.upsample_nearest(ill_cost | ill_border, height, width)
     ill_confidence = conditioning.upsample_nearest(ill_border, height, width)
-    mono_depth = np.asarray(outputs64["mono_depth"][0][..., 0], np.float64)
+    teacher_depth = np.asarray(outputs64["teacher_depth"][0][..., 0], np.float64)
     matching_depth = 1.0 / np.asarray(outputs64["own_lowest_cost"][..., 0], np.float64)
     ratio = np.minimum(
-        conditioning.threshold_margin((matching_depth - mono_depth) / mono_depth, 1.0),
-        conditioning.threshold_margin((mono_depth - matching_depth) / matching_depth, 1.0))
+        conditioning.threshold_margin((matching_depth - teacher_depth) / teacher_depth, 1.0),
+        conditioning.threshold_margin((teacher_depth - matching_depth) / matching_depth, 1.0))
     ill_consistency = ill_lowest | ill_confidence | (ratio <= RATIO_TOLERANCE)
     return [
         conditioning.compare_conditioned("lowest_cost", outputs32["lowest_cost"][..., 0],

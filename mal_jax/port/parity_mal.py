@@ -81,8 +81,8 @@ def _student_terms(outputs, batch, settings, teacher_error, ensemble_error, stud
     trusted, _ = network_losses.student_masks(outputs, settings)
     parts["original_loss"] = parts["loss"]
     parts["distil_loss"], _ = distillation.distillation_hint(
-        teacher_error, student_error, outputs["mono_depth"][0], outputs["depth"][0], trusted,
-        ensemble_error)
+        teacher_error, student_error, outputs["teacher_depth"][0], outputs["student_depth"][0],
+        trusted, ensemble_error)
     parts["loss"] = parts["loss"] + parts["distil_loss"]
     parts["loss/0"] = parts["loss"]
     return parts
@@ -96,12 +96,13 @@ def _compute_terms(outputs, batch, syn, reference_errors):
     golden_hints = lambda warped, coords: syn  # noqa: E731
     _, teacher, teacher_error = network_losses.teacher_loss(
         outputs, batch, settings, golden_hints)
-    ensemble_disp = distillation.ensemble_disparity(outputs["mono_disp"][0], outputs["disp"][0])
+    ensemble_disp = distillation.ensemble_disparity(outputs["teacher_disp"][0],
+                                                   outputs["student_disp"][0])
     ensemble_error = distillation.ensemble_reprojection(
         batch["frames"], ensemble_disp, outputs["cam_T_cam"], batch["K"][:, 0],
         batch["inv_K"][:, 0], settings.min_depth, settings.max_depth)
     student_error = network_losses.min_reprojection(
-        batch["frames"], outputs["depth"][0], outputs["cam_T_cam"], batch["K"][:, 0],
+        batch["frames"], outputs["student_depth"][0], outputs["cam_T_cam"], batch["K"][:, 0],
         batch["inv_K"][:, 0])
     terms = {"teacher": teacher, "teacher_error": teacher_error,
              "ensemble_error": ensemble_error, "student_error": student_error}
@@ -130,8 +131,8 @@ def _mal_terms(ctx) -> dict:
     terms["trusted"] = np.asarray(outputs["consistency_mask"]) * (
         1.0 - np.asarray(outputs["augmentation_mask"])[:, None, None, None]
     )
-    terms["teacher_depth"] = np.asarray(outputs["mono_depth"][0])
-    terms["student_depth"] = np.asarray(outputs["depth"][0])
+    terms["teacher_depth"] = np.asarray(outputs["teacher_depth"][0])
+    terms["student_depth"] = np.asarray(outputs["student_depth"][0])
     terms["reference_errors"] = reference_errors
     _CACHE[ctx] = terms
     return terms

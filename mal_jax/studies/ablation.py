@@ -12,7 +12,7 @@ same on the embedded synthetic scenes, for every seed of ``config.ablation.seeds
    ``<workdir>/<row>/seed_<s>``; the baseline row fine-tunes with ManyDepth's own loss, so
    every row gets the same number of steps from the same weights;
 3. each fine-tuned model is evaluated on the test split (``evaluation.protocol``: all and
-   moving-object pixels, multi-frame model and teacher).
+   moving-object pixels, the student (multi-frame network) and the teacher).
 
 Every phase keeps the config's ``loss.velocity_weight`` (configs/ablation.py says why).
 Runs resume from their workdirs, so an interrupted ablation restarts where it stopped.
@@ -43,7 +43,7 @@ from mal_jax.train import trainer as trainer_lib
 
 # What a row reports: every metric of the evaluation, for both networks and both regions.
 REPORTED = ("abs_rel", "sq_rel", "rmse", "a1")
-MODELS = ("multi_frame", "teacher")
+MODELS = ("student", "teacher")
 REGIONS = ("all", "moving")
 
 
@@ -317,7 +317,7 @@ def markdown_table(summary: dict, model: str) -> str:
     return "\n".join(lines)
 
 
-def verdict(summary: dict, row: str = "mal", model: str = "multi_frame",
+def verdict(summary: dict, row: str = "mal", model: str = "student",
             suffix: str = "abs_rel_change_pct") -> str:
     """The issue's target in one line: moving-pixel AbsRel down >= 10% in every seed while the
     all-pixel AbsRel does not rise (against the reference that ``suffix`` names)."""
@@ -362,7 +362,7 @@ def export(workdir: str, runs: dict, summary: dict, results_dir: str,
 
 def report(summary: dict) -> str:
     parts = []
-    for model, title in (("multi_frame", "Multi-frame model"), ("teacher", "Teacher")):
+    for model, title in (("student", "Student (multi-frame)"), ("teacher", "Teacher")):
         parts += [f"### {title}", "", markdown_table(summary, model), ""]
     if "mal" in summary:
         parts += ["- " + verdict(summary, model=model, suffix=suffix)

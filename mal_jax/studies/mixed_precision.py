@@ -2,7 +2,7 @@
 
     python -m mal_jax.studies.mixed_precision ../shared/golden/manydepth_mal_96x320.npz
 
-Runs the teacher and the multi-frame network (evaluation mode, the golden file's converted
+Runs the teacher and the student (multi-frame network; evaluation mode, the golden file's converted
 weights and frames) with ``compute_dtype`` float32 and bfloat16 and prints, per output, the
 largest absolute difference from the reference's float32 output. These are the tolerances
 a bfloat16 run supports (the float32 parity check uses 1e-4 for disparities).
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mal_jax.port.context import EVAL_BINS, Context
-from mal_jax.port.golden import GoldenFile, nchw_to_nhwc
+from mal_jax.port.golden import EVAL_DISPARITIES, GoldenFile, nchw_to_nhwc
 
 
 def disparity_errors(ctx: Context, compute_dtype: str) -> dict[str, float]:
@@ -33,16 +33,16 @@ def disparity_errors(ctx: Context, compute_dtype: str) -> dict[str, float]:
     @jax.jit
     def outputs(variables, colors):
         (teacher, _), _ = model.teacher(variables, colors[0], train=False)
-        multi = model.multi_frame(variables, colors[0], colors[-1][:, None], pose[:, None], K2,
-                                  jnp.linalg.inv(K2), *EVAL_BINS, train=False)[0][0]
-        return teacher, multi
+        student = model.student(variables, colors[0], colors[-1][:, None], pose[:, None], K2,
+                                jnp.linalg.inv(K2), *EVAL_BINS, train=False)[0][0]
+        return {"teacher": teacher, "student": student}
 
-    teacher, multi = jax.device_get(outputs(ctx.variables, ctx.colors))
+    disparities = jax.device_get(outputs(ctx.variables, ctx.colors))
     errors = {}
-    for name, disps, key in (("teacher", teacher, "mono_disp"), ("multi_frame", multi,
-                                                                  "multi_disp")):
+    for name in ("teacher", "student"):
+        disps = disparities[name]
         for scale in range(4):
-            reference = nchw_to_nhwc(golden[f"eval/{key}/{scale}"])
+            reference = nchw_to_nhwc(golden[f"{EVAL_DISPARITIES[name]}/{scale}"])
             errors[f"{name}/disp_{scale}"] = float(np.max(np.abs(disps[scale] - reference)))
     return errors
 

@@ -31,17 +31,17 @@ _BY_NETWORK = (  # (manydepth.py method, flax module) -> part
     (("pose", "PoseDecoder"), "pose decoder"),
     (("teacher", "ResnetEncoder"), "teacher encoder"),
     (("teacher", "DepthDecoder"), "teacher decoder"),
-    (("multi_frame", "MatchingEncoder"), "matching encoder"),
-    (("multi_frame", "DepthDecoder"), "multi-frame decoder"),
+    (("student", "MatchingEncoder"), "student matching encoder"),
+    (("student", "DepthDecoder"), "student decoder"),
 )
 # When the compiled HLO keeps only the innermost Python frame (flax's ``_Conv.__call__``: seen
 # with jax 0.10, whose stack-frame tables do not chain up to this package), the flax module on
 # the name stack still names the network; the teacher and pose encoders share one class.
 _BY_MODULE = (
-    ("MatchingEncoder", "matching encoder (cost volume included)"),
+    ("MatchingEncoder", "student matching encoder (cost volume included)"),
     ("PoseDecoder", "pose decoder"),
     ("ResnetEncoder", "teacher and pose encoders"),
-    ("DepthDecoder", "depth decoders (teacher and multi-frame)"),
+    ("DepthDecoder", "depth decoders (teacher and student)"),
 )
 # Ops XLA creates (layout copies of parameters, reversed kernels) carry no metadata.
 NO_SOURCE = "copies and layout changes made by XLA"

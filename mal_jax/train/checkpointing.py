@@ -23,7 +23,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from mal_jax.models.manydepth import ManyDepth
+from mal_jax.port.convert import METADATA_FILE
 from mal_jax.train import workdir as workdir_files
+from mal_jax.train.state import PARAM_NAMES
 
 CHECKPOINT_DIR = "checkpoints"
 BROKEN_DIR = "checkpoints_broken"  # broken checkpoints set aside by a resume, kept for a look
@@ -86,10 +88,23 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
+def check_param_names(found: dict, where: str) -> None:
+    """Refuse a checkpoint whose parameter tree names the networks otherwise than this
+    version (``param_names``: before 2026-12-06, the reference's checkpoint file names)."""
+    if found.get("param_names") != PARAM_NAMES:
+        raise ValueError(f"{where} has param_names={found.get('param_names')!r} (None: written "
+                         "before 2026-12-06, networks named after the reference's checkpoint "
+                         f"files), this version needs {PARAM_NAMES!r}: its weights cannot be "
+                         "loaded; start a new workdir")
+
+
 def check_meta(found: dict, expected: dict, where: str) -> None:
     """Refuse a config whose model or image size differs from the checkpoint's, naming the
-    config field (``data.height``, ``model.num_depth_bins``, ...), or whose optimizer state
-    has another layout (``opt_state``)."""
+    config field (``data.height``, ``model.num_depth_bins``, ...), whose parameters are named
+    otherwise (``param_names``), or whose optimizer state has another layout
+    (``opt_state``)."""
+    if "param_names" in expected:
+        check_param_names(found, where)
     if "opt_state" in expected and found.get("opt_state") != expected["opt_state"]:
         raise ValueError(f"{where} stores the optimizer state as {found.get('opt_state')!r} "
                          f"(None: per parameter array, before 2026-12-06), this version as "
@@ -149,9 +164,10 @@ def restore_fields(workdir: str, fields: dict) -> dict:
 
 
 def model_meta(model: ManyDepth, height: int, width: int) -> dict:
-    """What a checkpoint records about the architecture (JSON-serialisable)."""
+    """What a checkpoint records about the architecture and its parameter names
+    (JSON-serialisable)."""
     return {"model": {**dataclasses.asdict(model), "scales": list(model.scales)},
-            "height": height, "width": width}
+            "param_names": PARAM_NAMES, "height": height, "width": width}
 
 
 def model_from_meta(meta: dict) -> ManyDepth:
@@ -173,7 +189,7 @@ class InferenceModel:
 
 
 def _is_manydepth_folder(path: str) -> bool:
-    return (workdir_files.path(path) / "encoder.pth").is_file()
+    return (workdir_files.path(path) / METADATA_FILE).is_file()
 
 
 def load_inference(path: str, step: int | None = None) -> InferenceModel:
@@ -189,16 +205,16 @@ def load_inference(path: str, step: int | None = None) -> InferenceModel:
         missing = [k for k in ("height", "width", "min_depth_bin", "max_depth_bin")
                    if k not in meta]
         if missing:
-            raise ValueError(f"{os.path.join(path, 'encoder.pth')}: metadata {missing[0]!r} "
+            raise ValueError(f"{os.path.join(path, METADATA_FILE)}: metadata {missing[0]!r} "
                              "missing (ManyDepth stores height, width and depth bins there)")
-        model = ManyDepth(num_layers=50 if "conv3" in variables["params"]["encoder"]["layer1"]["0"]
-                          else 18)
+        matching = variables["params"]["student_encoder"]
+        model = ManyDepth(num_layers=50 if "conv3" in matching["layer1"]["0"] else 18)
         return InferenceModel(model, variables, meta["min_depth_bin"], meta["max_depth_bin"],
                               meta["height"], meta["width"])
     directory = checkpoint_dir(path)
     if not directory.is_dir():
-        raise FileNotFoundError(f"{path}: no {CHECKPOINT_DIR}/ folder and no encoder.pth; not a "
-                                "training workdir or ManyDepth weights folder")
+        raise FileNotFoundError(f"{path}: no {CHECKPOINT_DIR}/ folder and no {METADATA_FILE}; "
+                                "not a training workdir or ManyDepth weights folder")
     with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
             read_only=True)) as manager:
         step = manager.latest_step() if step is None else step
@@ -209,6 +225,7 @@ def load_inference(path: str, step: int | None = None) -> InferenceModel:
             state=ocp.args.StandardRestore(fallback_sharding=jax.sharding.SingleDeviceSharding(
                 jax.local_devices()[0])), meta=ocp.args.JsonRestore()))
     state, meta = restored["state"], restored["meta"]
+    check_param_names(meta, f"checkpoint {directory / str(step)}")
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     bins = np.asarray(state["depth_bins"], np.float64)
     return InferenceModel(model_from_meta(meta), variables, float(bins[0]), float(bins[1]),

@@ -1,8 +1,9 @@
 """ManyDepth's training forward pass: poses, matching augmentation and the network passes.
 
 ``train_forward`` runs the networks in the reference's order (pose pairs, lookup pose, teacher,
-matching encoder) so BatchNorm statistics advance exactly as in the reference step, and returns
-every output the losses (:mod:`mal_jax.core.network_losses`) and MAL's parts need.
+student: the single-frame, then the multi-frame network) so BatchNorm statistics advance exactly
+as in the reference step, and returns every output the losses
+(:mod:`mal_jax.core.network_losses`) and MAL's parts need.
 """
 
 from __future__ import annotations
@@ -84,32 +85,34 @@ def train_forward(model: ManyDepth, variables: dict, batch: dict, min_depth_bin,
         lookup_poses = jnp.where(zero_pose[:, None, None, None], 0.0, lookup_poses)
         augmentation_mask = (static | zero_pose).astype(jnp.float32)
 
-    (mono_disps, _), stats = model.teacher(variables, frame(frames_aug, 0), train=teacher_train)
-    variables = with_batch_stats(variables, "mono_encoder", stats)
+    (teacher_disps, _), stats = model.teacher(variables, frame(frames_aug, 0),
+                                              train=teacher_train)
+    variables = with_batch_stats(variables, "teacher_encoder", stats)
     if not train_teacher_and_pose:
-        mono_disps = jax.lax.stop_gradient(mono_disps)
+        teacher_disps = jax.lax.stop_gradient(teacher_disps)
         cam_T_cam = jax.lax.stop_gradient(cam_T_cam)
 
     K2, inv_K2 = batch["K"][:, 2], batch["inv_K"][:, 2]
-    (disps, _, lowest_cost, confidence), stats = model.multi_frame(
+    (student_disps, _, lowest_cost, confidence), stats = model.student(
         variables, frame(frames_aug, 0), lookup_images, lookup_poses, K2, inv_K2,
         min_depth_bin, max_depth_bin, train=True)
-    variables = with_batch_stats(variables, "encoder", stats)
+    variables = with_batch_stats(variables, "student_encoder", stats)
 
     to_depth = lambda d: geometry.disp_to_depth(  # noqa: E731
         upsample_bilinear(d, height, width), settings.min_depth, settings.max_depth)[1]
     # Scale 0 always: the depth-bin update and MAL's parts read it whatever the loss scales.
     depth_scales = sorted({0, *settings.scales})
-    mono_depths = {s: to_depth(mono_disps[s]) for s in depth_scales}
-    depths = {s: to_depth(disps[s]) for s in depth_scales}
+    teacher_depths = {s: to_depth(teacher_disps[s]) for s in depth_scales}
+    student_depths = {s: to_depth(student_disps[s]) for s in depth_scales}
     lowest_cost = upsample_nearest_to(lowest_cost, height, width)[..., None]
     consistency_mask = upsample_nearest_to(confidence, height, width)[..., None]
     if settings.motion_masking:
         consistency_mask = consistency_mask * losses.compute_matching_mask(
-            mono_depths[0], lowest_cost)
+            teacher_depths[0], lowest_cost)
     outputs = {
         "cam_T_cam": cam_T_cam, "pose_params": raw_poses, "lookup_poses": lookup_poses,
-        "mono_disp": mono_disps, "mono_depth": mono_depths, "disp": disps, "depth": depths,
+        "teacher_disp": teacher_disps, "teacher_depth": teacher_depths,
+        "student_disp": student_disps, "student_depth": student_depths,
         "lowest_cost": lowest_cost, "confidence": confidence,
         "consistency_mask": jax.lax.stop_gradient(consistency_mask),
         "augmentation_mask": augmentation_mask,

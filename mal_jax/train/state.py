@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 # Networks the reference freezes together: the teacher and the pose network.
-TEACHER_AND_POSE = ("mono_encoder", "mono_depth", "pose_encoder", "pose")
+TEACHER_AND_POSE = ("teacher_encoder", "teacher_depth", "pose_encoder", "pose_decoder")
 
 
 @flax.struct.dataclass
@@ -60,6 +60,12 @@ def learning_rate_schedule(learning_rate: float, decay_step: int, decay_factor: 
 # moments as one flat vector (``make_optimizer``). Checkpoints written before 2026-12-06 hold
 # them per parameter array (no record) and are refused on resume, naming this.
 OPT_STATE_LAYOUT = "adam_flat"
+# How the parameter and BatchNorm trees name the networks, recorded in every checkpoint's
+# metadata: teacher_*, student_*, pose_* (``mal_jax.models.manydepth.NETWORK_NAMES``).
+# Checkpoints written before 2026-12-06 name them after the reference's checkpoint files
+# (``mal_jax.port.convert.REFERENCE_FILES``) and hold no record; they are refused on resume and
+# on loading for inference, naming this.
+PARAM_NAMES = "teacher_student"
 
 
 def make_optimizer(schedule) -> optax.GradientTransformation:

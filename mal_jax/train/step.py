@@ -83,13 +83,13 @@ def initial_balance(settings: StepSettings):
     return loss_balance.initial_state(settings.mal.balance)
 
 
-def adaptive_bins_update(mono_depth0: jnp.ndarray, min_bin, max_bin, min_depth: float):
+def adaptive_bins_update(teacher_depth0: jnp.ndarray, min_bin, max_bin, min_depth: float):
     """The reference's exponential average of the teacher's depth range (momentum 0.99).
 
     Takes the batch mean of per-image min and max depth, widens them by 10% and averages.
     Under a data-parallel mesh the means are over the global batch.
     """
-    depth = jax.lax.stop_gradient(mono_depth0)
+    depth = jax.lax.stop_gradient(teacher_depth0)
     batch_min = jnp.mean(jnp.min(depth, axis=(1, 2, 3)))
     batch_max = jnp.mean(jnp.max(depth, axis=(1, 2, 3)))
     batch_min = jnp.maximum(min_depth, batch_min * 0.9)
@@ -125,7 +125,7 @@ def make_train_step(model: ManyDepth, optimizer: optax.GradientTransformation,
         depth_bins = state.depth_bins
         if not frozen:  # the reference stops adapting the bins with the teacher
             depth_bins = jnp.stack(adaptive_bins_update(
-                outputs["mono_depth"][0], depth_bins[0], depth_bins[1],
+                outputs["teacher_depth"][0], depth_bins[0], depth_bins[1],
                 settings.loss.min_depth))
         balance = loss_balance.update(settings.mal.balance, state.balance, parts, state.step)
 
@@ -165,13 +165,13 @@ def summary_images(model: ManyDepth, settings: StepSettings):
             model, state.variables, batch, state.depth_bins[0], state.depth_bins[1],
             settings=settings.loss, train_teacher_and_pose=False)
         frames = batch["frames"]
-        warped, grids = warp_sources(frames, outputs["mono_depth"][0], outputs["cam_T_cam"],
+        warped, grids = warp_sources(frames, outputs["teacher_depth"][0], outputs["cam_T_cam"],
                                      batch["K"][:, 0], batch["inv_K"][:, 0])
         normalise = lambda d: d / jnp.max(d, axis=(1, 2, 3), keepdims=True)  # noqa: E731
         out = {
             "frame_0": frame(frames, 0),
-            "disp_multi": normalise(outputs["disp"][0]),
-            "disp_teacher": normalise(outputs["mono_disp"][0]),
+            "disp_student": normalise(outputs["student_disp"][0]),
+            "disp_teacher": normalise(outputs["teacher_disp"][0]),
             "warped_-1": warped[-1],
             "warped_1": warped[1],
             "consistency_mask": outputs["consistency_mask"],
