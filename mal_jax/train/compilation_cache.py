@@ -42,9 +42,14 @@ def enable(cache_dir: str | None = None) -> str | None:
     """Turn the persistent compilation cache on (``cache_dir``, else ``cache_dir_from_env()``).
 
     Safe to call more than once and after other compilations: a process that already decided
-    it had no cache is reset so the directory takes effect. Returns the directory in use.
+    it had no cache is reset so the directory takes effect. Returns the directory in use (None
+    when off, and always after ``jax.distributed`` was initialised: several processes compile
+    their own programs).
     """
     path = cache_dir or cache_dir_from_env()
+    if jax.distributed.is_initialized():
+        # Several processes: no shared cache (mal_jax.train.distributed.initialize says why).
+        path = None
     if path is None:
         jax.config.update("jax_enable_compilation_cache", False)
         return None
