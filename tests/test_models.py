@@ -216,3 +216,57 @@ def test_max_pool_gradient_goes_to_first_maximum_in_row_major_order():
     expected = np.zeros((3, 3))
     expected[0, 1] = 1.0
     np.testing.assert_array_equal(grad[0, :, :, 0], expected)
+
+
+@pytest.mark.parametrize("batch,size,in_features,out_features,kernel,stride,padding", [
+    (2, (3, 5), 64, 128, 3, 1, 1),   # a deep stage: the GEMM input gradient is taken
+    (1, (7, 9), 8, 16, 3, 2, 1),     # odd size, strided: the last window overhangs
+    (2, (6, 10), 32, 64, 1, 2, 0),   # 1x1 downsample
+    (1, (14, 18), 3, 16, 7, 2, 3),   # the stems' 7x7
+])
+def test_convolution_gemm_input_gradient_equals_lax(batch, size, in_features, out_features,
+                                                    kernel, stride, padding):
+    """Values and both gradients equal lax's convolution (up to summation order), including
+    the border pixels the padding covers and strided sizes whose last row is never read."""
+    from jax import lax
+
+    from mal_jax.models import convolution
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(batch, *size, in_features)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, in_features, out_features)), jnp.float32)
+    pads = ((padding, padding), (padding, padding))
+    strides = (stride, stride)
+    ours = lambda x, w: convolution._conv_gemm_backward(x, w, strides, pads)  # noqa: E731
+    theirs = lambda x, w: lax.conv_general_dilated(  # noqa: E731
+        x, w, strides, pads, dimension_numbers=convolution.NHWC_DIMENSIONS)
+    out, pullback = jax.vjp(ours, x, w)
+    expected, expected_pullback = jax.vjp(theirs, x, w)
+    cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+    np.testing.assert_array_equal(out, expected)
+    for got, want in zip(pullback(cotangent), expected_pullback(cotangent), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
+def test_convolution_takes_gemm_gradient_only_where_kernel_outweighs_activations():
+    """The choice follows the sizes: ResNet-18's last stage at 96x320 (3x10 pixels, 512
+    features) takes it, its first stage (24x80, 64 features) keeps XLA's gradient; and flax's
+    Conv built by layers.conv routes through it with the same output as a plain Conv."""
+    from flax import linen as nn
+
+    from mal_jax.models import convolution
+    from mal_jax.models.layers import conv
+
+    assert convolution._gemm_input_gradient_pays((4, 3, 10, 512), (3, 3, 512, 512))
+    assert not convolution._gemm_input_gradient_pays((4, 24, 80, 64), (3, 3, 64, 64))
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 4, 6, 32)), jnp.float32)
+    ours = conv(64, 3, padding=1)
+    variables = ours.init(jax.random.PRNGKey(0), x)
+    plain = nn.Conv(64, (3, 3), padding=((1, 1), (1, 1)))
+    np.testing.assert_array_equal(ours.apply(variables, x), plain.apply(variables, x))
+    assert "custom_vjp" in str(jax.make_jaxpr(lambda v: ours.apply(variables, v))(x))
+    assert "custom_vjp" not in str(jax.make_jaxpr(
+        lambda v: ours.apply(variables, v))(jnp.zeros((4, 24, 80, 32))))
+    grad_ours = jax.grad(lambda v: jnp.sum(ours.apply(variables, v) ** 2))(x)
+    grad_plain = jax.grad(lambda v: jnp.sum(plain.apply(variables, v) ** 2))(x)
+    np.testing.assert_allclose(grad_ours, grad_plain, rtol=1e-5, atol=1e-5)

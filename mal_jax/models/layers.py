@@ -9,6 +9,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mal_jax.models.convolution import conv_general_dilated
+
 # torch.nn.BatchNorm2d defaults.
 TORCH_BN_MOMENTUM = 0.1
 TORCH_BN_EPS = 1e-5
@@ -57,9 +59,11 @@ class TorchBatchNorm(nn.Module):
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, use_bias: bool = True,
          name: str | None = None) -> nn.Conv:
-    """A torch-style ``Conv2d``: square kernel, symmetric zero padding."""
+    """A torch-style ``Conv2d``: square kernel, symmetric zero padding (input gradient:
+    ``mal_jax.models.convolution``)."""
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                   padding=((padding, padding), (padding, padding)), use_bias=use_bias, name=name)
+                   padding=((padding, padding), (padding, padding)), use_bias=use_bias,
+                   conv_general_dilated=conv_general_dilated, name=name)
 
 
 def reflection_pad(x: jnp.ndarray, amount: int = 1) -> jnp.ndarray:
