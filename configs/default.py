@@ -66,6 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
     # (mal_jax/mal/loss_balance.py says why). (paper: 0, off; MAL: 0, off;
     # configs/ablation.py: on)
     loss.velocity_weight = 0.0
+    # Each decoder scale's reprojection loss at that scale's own resolution (frames
+    # box-downsampled, that level's intrinsics; Monodepth's first version) instead of every
+    # scale's depth upsampled to the input resolution (ManyDepth, Monodepth2). An option for
+    # training from random weights, where the full-resolution losses leave some seeds in a
+    # near, far or constant depth optimum (README, Default run: it rescued 1 of 2 such seeds).
+    # Irrelevant under MAL's scale-0 losses. Off everywhere. (paper: False; MAL: False)
+    loss.own_resolution_scales = False
 
     # ---------------------------------------------------------------- MAL
     # MAL's published recipe (its README, KITTI and Cityscapes):

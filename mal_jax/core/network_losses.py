@@ -21,7 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from mal_jax.core import losses
+from mal_jax.core import geometry, losses
 from mal_jax.core.frames import SOURCE_FRAMES, frame, warp_sources
 from mal_jax.core.resize import downsample_image
 
@@ -43,6 +43,10 @@ class LossSettings:
     tie_break_noise: bool = True
     # Weight of the velocity loss on the pose translation (0: off, as ManyDepth and MAL).
     velocity_weight: float = 0.0
+    # Each decoder scale's reprojection loss at that scale's own resolution (frames
+    # box-downsampled, that level's intrinsics) instead of upsampled to the input's (False,
+    # as ManyDepth and MAL).
+    own_resolution_scales: bool = False
 
 
 def identity_error(frames: jnp.ndarray) -> jnp.ndarray:
@@ -90,6 +94,26 @@ def _average_over_scales(scales: tuple[int, ...], scale_terms
     return parts["loss"], parts, scale0_min
 
 
+def _loss_resolution(batch: dict, scale: int, settings: LossSettings):
+    """``(frames, K, inv_K, level)`` the reprojection loss of decoder ``scale`` warps: the
+    input's resolution (level 0, ManyDepth), or with ``own_resolution_scales`` the scale's own
+    (Monodepth's first version), so that the coarse scales compare coarse images and a depth
+    whose flow is several pixels off at full resolution still sits in their SSIM's basin."""
+    level = scale if settings.own_resolution_scales else 0
+    frames = batch["frames"]
+    if level:
+        frames = jnp.stack([downsample_image(frames[:, index], level)
+                            for index in range(frames.shape[1])], axis=1)
+    return frames, batch["K"][:, level], batch["inv_K"][:, level], level
+
+
+def _loss_depth(disps: dict, depths: dict, scale: int, level: int, settings: LossSettings):
+    """Depth of decoder ``scale`` at loss resolution ``level`` (0: the upsampled one)."""
+    if level == 0:
+        return depths[scale]
+    return geometry.disp_to_depth(disps[scale], settings.min_depth, settings.max_depth)[1]
+
+
 def teacher_loss(outputs: dict, batch: dict, settings: LossSettings,
                  hints: HintFn | None = None, noise_rng: jax.Array | None = None
                  ) -> tuple[jax.Array, dict, jax.Array | None]:
@@ -99,24 +123,26 @@ def teacher_loss(outputs: dict, batch: dict, settings: LossSettings,
     candidates before auto-masking (``None`` if scale 0 is not a loss scale). The hint images
     join the reprojection candidates, not the identity ones.
     """
-    frames = batch["frames"]
-    K0, inv_K0 = batch["K"][:, 0], batch["inv_K"][:, 0]
-    identity = identity_error(frames) if settings.automasking else None
+    identities = {}
 
     def scale_terms(scale):
-        reprojection = min_reprojection(frames, outputs["teacher_depth"][scale],
-                                        outputs["cam_T_cam"], K0, inv_K0, hints)
-        if identity is not None:
+        frames, K, inv_K, level = _loss_resolution(batch, scale, settings)
+        depth = _loss_depth(outputs["teacher_disp"], outputs["teacher_depth"], scale, level,
+                            settings)
+        reprojection = min_reprojection(frames, depth, outputs["cam_T_cam"], K, inv_K, hints)
+        if settings.automasking:
+            if level not in identities:
+                identities[level] = identity_error(frames)
             noise = None
             if settings.tie_break_noise and noise_rng is not None:
                 noise = losses.tie_break_noise(jax.random.fold_in(noise_rng, scale),
-                                               identity.shape)
-            mask = losses.automask(reprojection, identity, noise)
+                                               identities[level].shape)
+            mask = losses.automask(reprojection, identities[level], noise)
         else:
             mask = jnp.ones_like(reprojection)
         reproj_loss = losses.masked_mean(reprojection, mask)
-        loss = reproj_loss + smoothness_term(outputs["teacher_disp"][scale], frames, scale,
-                                             settings.disparity_smoothness)
+        loss = reproj_loss + smoothness_term(outputs["teacher_disp"][scale], batch["frames"],
+                                             scale, settings.disparity_smoothness)
         return {"reproj_loss": reproj_loss, "loss": loss}, reprojection
 
     return _average_over_scales(settings.scales, scale_terms)
@@ -135,19 +161,24 @@ def student_loss(outputs: dict, batch: dict, settings: LossSettings,
                  hints: HintFn | None = None) -> tuple[jax.Array, dict, jax.Array | None]:
     """The student's loss; returns ``(loss, parts, reprojection_min)`` like
     :func:`teacher_loss`. Poses are detached: this loss does not train the pose network."""
-    frames = batch["frames"]
-    K0, inv_K0 = batch["K"][:, 0], batch["inv_K"][:, 0]
     cam_T_cam = jax.lax.stop_gradient(outputs["cam_T_cam"])
     trusted, consistency_weight = student_masks(outputs, settings)
 
     def scale_terms(scale):
-        depth = outputs["student_depth"][scale]
-        reprojection = min_reprojection(frames, depth, cam_T_cam, K0, inv_K0, hints)
-        reproj_loss = losses.masked_mean(reprojection, trusted)
-        consistency = losses.consistency_loss(depth, outputs["teacher_depth"][scale],
+        frames, K, inv_K, level = _loss_resolution(batch, scale, settings)
+        depth = _loss_depth(outputs["student_disp"], outputs["student_depth"], scale, level,
+                            settings)
+        reprojection = min_reprojection(frames, depth, cam_T_cam, K, inv_K, hints)
+        # The trust mask comes from the 1/4-resolution cost volume, upsampled by repetition:
+        # every 2^level-th pixel is that mask at the loss resolution.
+        step = 2**level
+        reproj_loss = losses.masked_mean(reprojection, trusted[:, ::step, ::step])
+        consistency = losses.consistency_loss(outputs["student_depth"][scale],
+                                              outputs["teacher_depth"][scale],
                                               consistency_weight)
         loss = reproj_loss + consistency + smoothness_term(
-            outputs["student_disp"][scale], frames, scale, settings.disparity_smoothness)
+            outputs["student_disp"][scale], batch["frames"], scale,
+            settings.disparity_smoothness)
         return ({"reproj_loss": reproj_loss, "consistency_loss": consistency, "loss": loss},
                 reprojection)
 

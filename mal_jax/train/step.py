@@ -67,13 +67,18 @@ def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> St
         raise ValueError(f"config.loss.velocity_weight={config.loss.velocity_weight} needs the "
                          f"true camera poses, which config.data.dataset="
                          f"{config.data.dataset!r} does not provide")
+    if config.loss.own_resolution_scales and config.mal.multi_scale:
+        raise ValueError("config.loss.own_resolution_scales=True cannot go with "
+                         "config.mal.multi_scale=True: MAL's hints and distillation targets "
+                         "are built at the input resolution")
     mal = mal_settings(config, steps_per_epoch)
     loss = LossSettings(
         min_depth=config.model.min_depth, max_depth=config.model.max_depth,
         scales=mal.loss_scales(tuple(config.loss.scales)),
         disparity_smoothness=config.loss.disparity_smoothness,
         automasking=config.loss.automasking, motion_masking=config.loss.motion_masking,
-        velocity_weight=config.loss.velocity_weight)
+        velocity_weight=config.loss.velocity_weight,
+        own_resolution_scales=config.loss.own_resolution_scales)
     return StepSettings(loss, mal, config.loss.matching_augmentation,
                         config.training.skip_nonfinite_steps)
 
