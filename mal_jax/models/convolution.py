@@ -59,12 +59,12 @@ def _gemm_input_gradient(output_grad, kernel, input_shape, strides, padding):
 
 
 def _gemm_input_gradient_pays(output_shape, kernel_shape) -> bool:
-    """True where the kernel is larger than the output pixels' count times its input width:
-    there the transposed-kernel copy costs more than the per-tap product's extra memory."""
+    """True where the kernel (KH*KW*I*O) is at least the per-tap product (KH*KW*I*N*OH*OW),
+    i.e. N*OH*OW <= O: there the transposed-kernel copy costs more than the product's extra
+    memory."""
     batch, out_height, out_width, _ = output_shape
-    _, _, in_features, out_features = kernel_shape
-    return (jax.default_backend() == "cpu"
-            and batch * out_height * out_width * in_features <= in_features * out_features)
+    out_features = kernel_shape[3]
+    return jax.default_backend() == "cpu" and batch * out_height * out_width <= out_features
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
