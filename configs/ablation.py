@@ -27,6 +27,11 @@ def get_config():
     config.data.num_eval_samples = 320  # the whole embedded test split
     config.model.num_depth_bins = 32  # cost-volume hypotheses (paper: 96)
     config.loss.velocity_weight = 1.0  # velocity loss, every phase and row (paper: 0, off)
+    # Fresh pose network driving forward, fresh depth at 10 m (paper: 0, 0 = random init):
+    # without them the pose network of some seeds settled sideways and their depth went
+    # constant (README, Default run). The embedded camera drives 0.5-1.5 m per frame.
+    config.model.init_forward_motion = 1.0  # metres per frame
+    config.model.init_depth = 10.0  # metres
     config.training.image_every_steps = 0  # no image summaries: keeps the runs fast
     config.training.checkpoint_every_steps = 150  # steps (one epoch at 600 triplets, batch 4)
     config.training.lr_decay_epoch = -1  # constant rate while fine-tuning, as mal_finetune.py

@@ -44,6 +44,15 @@ def get_config() -> ml_collections.ConfigDict:
     model.init_min_depth_bin = 0.1  # metres; adaptive-bin tracker start (paper: 0.1)
     model.init_max_depth_bin = 10.0  # metres; adaptive-bin tracker start (paper: 10.0)
     model.weights_folder = ""  # ManyDepth .pth folder to start from ("" = fresh init)
+    # Starting points of freshly initialised decoders (mal_jax/models/init_priors.py): the pose
+    # network's translation starts this far forward, metres per frame, and both depth
+    # decoders' output at init_depth metres (0 = the reference's random init: a small
+    # translation in a random direction, depth ~2 * min_depth). From random encoders the pose
+    # network otherwise keeps a sideways direction for some seeds and their depth goes
+    # constant (README, Default run). Off here (paper: 0, ImageNet encoders); on for the
+    # embedded scenes trained from random weights (configs/ablation.py: 1.0 and 10.0).
+    model.init_forward_motion = 0.0
+    model.init_depth = 0.0
     model.imagenet_weights = ""  # torchvision ResNet .pth state_dict for the encoders ("" = none)
     # Dtype the networks compute in: "float32" or "bfloat16" (parameters, BatchNorm statistics,
     # cost volume, losses and Adam stay float32). Off (float32) by default: the reference is

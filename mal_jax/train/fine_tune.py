@@ -1,5 +1,6 @@
-"""Where a run's weights come from: fresh, ImageNet encoders, a ManyDepth ``.pth`` folder, or
-another training workdir (fine-tuning a model trained here), optionally with its Adam state.
+"""Where a run's weights come from: fresh (optionally with a starting motion and depth,
+``mal_jax.models.init_priors``), ImageNet encoders, a ManyDepth ``.pth`` folder, or another
+training workdir (fine-tuning a model trained here), optionally with its Adam state.
 
 ``config.model.weights_folder`` names the source. From a workdir, ``training.
 carry_optimizer_state`` also restores the Adam moments and count of that run's latest checkpoint,
@@ -15,6 +16,7 @@ import numpy as np
 import optax
 from ml_collections.config_dict import config_dict
 
+from mal_jax.models import init_priors
 from mal_jax.models.manydepth import ManyDepth
 from mal_jax.port.convert import init_from_torchvision, read_torch_state_dict
 from mal_jax.train import checkpointing
@@ -81,11 +83,21 @@ def initial_variables(config, model: ManyDepth, rng: jax.Array) -> tuple[dict, f
         variables, meta = load_manydepth_folder(folder, model)
         min_bin = meta.get("min_depth_bin", min_bin)
         max_bin = meta.get("max_depth_bin", max_bin)
-    elif config.model.imagenet_weights:
-        variables = init_from_torchvision(
-            variables, read_torch_state_dict(config.model.imagenet_weights), model,
-            source=config.model.imagenet_weights)
+    else:
+        if config.model.imagenet_weights:
+            variables = init_from_torchvision(
+                variables, read_torch_state_dict(config.model.imagenet_weights), model,
+                source=config.model.imagenet_weights)
+        variables = fresh_decoder_priors(config, variables)
     return variables, float(min_bin), float(max_bin)
+
+
+def fresh_decoder_priors(config, variables: dict) -> dict:
+    """The starting motion and depth of ``config.model`` (0: the reference's random init) on
+    freshly initialised decoders."""
+    variables = init_priors.with_forward_motion(variables, config.model.init_forward_motion)
+    return init_priors.with_initial_depth(variables, config.model.init_depth,
+                                          config.model.min_depth, config.model.max_depth)
 
 
 def carried_optimizer_state(config: ml_collections.ConfigDict, fresh_opt_state):
