@@ -15,6 +15,12 @@ def get_config():
     config.data.height = 192  # pixels (paper: 192)
     config.data.width = 640  # pixels (paper: 640)
     config.data.max_instances = 16  # slots (unused without MAL; keeps one batch signature)
+    config.model.num_depth_bins = 96  # (paper: 96)
+    # The paper's start: the reference's initialisation (ImageNet encoders through
+    # --config.model.imagenet_weights); the embedded scenes' aids off (paper: 0, 0, 0).
+    config.model.init_forward_motion = 0.0  # metres per frame
+    config.model.init_depth = 0.0  # metres
+    config.loss.velocity_weight = 0.0  # needs true poses, which KITTI has not
     config.training.batch_size = 12  # (paper: 12)
     config.training.num_epochs = 20  # (paper: 20)
     config.training.learning_rate = 1e-4  # (paper: 1e-4)

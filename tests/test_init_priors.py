@@ -126,3 +126,25 @@ def test_priors_on_for_the_embedded_scenes_off_for_kitti():
     assert (embedded.init_forward_motion, embedded.init_depth) == (1.0, 10.0)
     kitti = kitti_manydepth.get_config().model
     assert (kitti.init_forward_motion, kitti.init_depth) == (0.0, 0.0)  # paper: random init
+
+
+def test_pose_direction_report_by_hand():
+    from mal_jax.studies.pose_direction import translation_report
+
+    def poses(*translations):
+        out = np.tile(np.eye(4), (len(translations), 1, 1))
+        out[:, :3, 3] = translations
+        return out
+
+    true = np.stack([poses((0, 0, 1), (0, 0, 0), (0, 0, -1)),
+                     poses((0, 0, 2), (0, 0, 0), (0, 0, -2))])
+    # Frame -1: along the motion at half the length, then sideways; frame +1: 60 degrees off.
+    predicted = {-1: poses((0, 0, 0.5), (3, 0, 0)),
+                 1: poses((0, math.sqrt(3), -1), (0, math.sqrt(3), -1))}
+    report = translation_report(predicted, true)
+    assert report[-1]["cosine_min"] == pytest.approx(0.0, abs=1e-12)
+    assert report[-1]["cosine_max"] == pytest.approx(1.0)
+    assert report[-1]["length_ratio"] == pytest.approx((0.5 + 1.5) / 2)
+    assert report[-1]["mean_direction"] == [0.5, 0.0, 0.5]
+    assert report[1]["cosine_median"] == pytest.approx(0.5)
+    assert report[1]["length_ratio"] == pytest.approx(1.5)  # lengths 2 / 1 and 2 / 2

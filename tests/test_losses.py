@@ -284,6 +284,8 @@ def test_velocity_loss_hand_case():
     rotated = {f: p.at[:, :3, :3].set(jnp.asarray([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]]))
                for f, p in predicted.items()}
     np.testing.assert_allclose(objective.velocity_loss(rotated, known), 0.875, rtol=1e-6)
+    # The logged direction diagnostic: cosines 1, 0 (a zero translation), 0 and 0.8.
+    np.testing.assert_allclose(objective.translation_cosine(predicted, known), 0.45, rtol=1e-6)
 
 
 def test_velocity_loss_needs_true_poses():
