@@ -40,10 +40,9 @@ def get_config():
 
     ablation = config.ablation = ml_collections.ConfigDict()
     ablation.seeds = (0, 1)  # fine-tuning seeds: data order, augmentation (issue: >= 2)
-    # The pretraining every seed fine-tunes (-1: each seed its own). Even with the velocity
-    # loss, pretraining from random weights can drift to the far end: teacher depth bins at
-    # step 110 were 4-29 m for seed 0 but 48-63 m (seed 1; 84-104 m by step 310) and 39-53 m
-    # (seed 2). So one start is shared, like the MAL paper's start from released ManyDepth.
+    # The pretraining every seed fine-tunes (-1: each seed its own): one start shared, like
+    # the MAL paper's start from released ManyDepth. (Before the starting priors above, seeds
+    # 1 and 2 of the pretraining drifted to the far end; README, Default run.)
     ablation.pretrain_seed = 0
     ablation.pretrain_num_train_samples = 1800  # pretraining triplets (the first of the split)
     ablation.pretrain_epochs = 2  # ManyDepth from random weights, epochs of those triplets

@@ -101,11 +101,11 @@ def test_initial_depth_sets_every_scale_of_both_decoders(fresh, samples):
     ("init_depth", 0.05, r"init_depth=0.05"),
     ("init_forward_motion", -1.0, r"init_forward_motion must be >= 0 .* got -1.0"),
 ])
-def test_bad_priors_name_the_field(field, value, message):
+def test_bad_priors_name_the_field(fresh, field, value, message):
     config = test_config.get_config()
     config.model[field] = value
     with pytest.raises(ValueError, match=message):
-        fine_tune.initial_variables(config, ManyDepth(num_depth_bins=16), jax.random.PRNGKey(0))
+        fine_tune.fresh_decoder_priors(config, fresh[1])
 
 
 def test_fresh_runs_get_the_config_priors():
