@@ -111,6 +111,28 @@ def test_flip_moves_frames_and_masks_together_and_keeps_k_by_default():
     np.testing.assert_array_equal(flipped["K"].numpy(), sample["K"].numpy())
 
 
+def test_flip_mirrors_the_true_poses():
+    yaw, t = 0.3, (0.2, -0.1, 1.5)
+    pose = np.eye(4, dtype=np.float32)
+    pose[:3, :3] = [[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]]
+    pose[:3, 3] = t
+    sample = dict(_sample(), cam_T_cam=tf.constant(np.stack([pose, np.eye(4), pose]),
+                                                   tf.float32))
+    flipped = T.flip_sample(sample)["cam_T_cam"].numpy()
+    mirrored = np.eye(4, dtype=np.float32)
+    mirrored[:3, :3] = [[np.cos(-yaw), 0, np.sin(-yaw)], [0, 1, 0],
+                        [-np.sin(-yaw), 0, np.cos(-yaw)]]
+    mirrored[:3, 3] = (-0.2, -0.1, 1.5)
+    np.testing.assert_allclose(flipped[0], mirrored, atol=1e-7)
+    np.testing.assert_array_equal(flipped[1], np.eye(4))
+    # A mirrored point moves to the mirror image of where the point moves.
+    point = np.array([1.0, 0.5, 7.0, 1.0], np.float32)
+    flip_x = np.array([-1.0, 1, 1, 1], np.float32)
+    np.testing.assert_allclose(flipped[0] @ (point * flip_x), (pose @ point) * flip_x, atol=1e-6)
+    np.testing.assert_array_equal(
+        T.flip_sample(T.flip_sample(sample))["cam_T_cam"].numpy(), sample["cam_T_cam"].numpy())
+
+
 def test_flip_intrinsics_mirrors_principal_point():
     sample = _sample(w=12)
     flipped = T.flip_sample(sample, flip_intrinsics=True)

@@ -88,7 +88,8 @@ def flipped_intrinsics(k: tf.Tensor, width: int) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def flip_sample(sample: dict, flip_intrinsics: bool = False) -> dict:
-    """Mirror every image-like entry left-right (frames, masks, GT maps) together."""
+    """Mirror every image-like entry left-right (frames, masks, GT maps) together, and the
+    true poses (synthetic data) with them."""
     out = dict(sample)
     for name in ("frames", "frames_aug", "instance_ids"):
         if name in out:
@@ -99,6 +100,11 @@ def flip_sample(sample: dict, flip_intrinsics: bool = False) -> dict:
     if flip_intrinsics:
         width = int(out["frames"].shape[2])
         out["K"], out["inv_K"] = flipped_intrinsics(out["K"], width)
+    if "cam_T_cam" in out:
+        # The true motion of the mirrored camera: x negated on both sides, M T M with
+        # M = diag(-1, 1, 1, 1) (sideways translation and yaw change sign).
+        mirror = tf.constant([-1.0, 1.0, 1.0, 1.0], out["cam_T_cam"].dtype)
+        out["cam_T_cam"] = out["cam_T_cam"] * mirror[:, None] * mirror[None, :]
     return out
 
 

@@ -97,17 +97,17 @@ def velocity_loss(cam_T_cam: dict, true_cam_T_cam: jnp.ndarray) -> jnp.ndarray:
     return jnp.mean(jnp.stack(errors))
 
 
-def translation_cosine(cam_T_cam: dict, true_cam_T_cam: jnp.ndarray) -> jnp.ndarray:
-    """Mean cosine between the predicted and the known camera translations (a diagnostic: the
-    velocity loss pins their lengths, not their direction; runs whose pose network settles
-    sideways lose their depth, mal_jax/models/init_priors.py)."""
+def translation_cosines(cam_T_cam: dict, true_cam_T_cam: jnp.ndarray) -> jnp.ndarray:
+    """(source frames, B) cosines between the predicted and the known camera translations (a
+    diagnostic: the velocity loss pins their lengths, not their direction; runs whose pose
+    network settles sideways lose their depth, mal_jax/models/init_priors.py)."""
     cosines = []
     for frame_id in SOURCE_FRAMES:
         predicted = cam_T_cam[frame_id][:, :3, 3]
         known = true_cam_T_cam[:, FRAME_INDEX[frame_id], :3, 3]
         cosines.append(jnp.sum(predicted * known, -1) / jnp.maximum(
             jnp.linalg.norm(predicted, axis=-1) * jnp.linalg.norm(known, axis=-1), 1e-12))
-    return jnp.mean(jnp.stack(cosines))
+    return jnp.stack(cosines)
 
 
 def _distillation_loss(outputs: dict, batch: dict, settings: LossSettings, ensemble: bool,

@@ -18,6 +18,7 @@ import numpy as np
 
 from mal_jax.core.frames import FRAME_INDEX, SOURCE_FRAMES
 from mal_jax.data import synthetic
+from mal_jax.mal.objective import translation_cosines
 from mal_jax.train.checkpointing import load_inference
 from mal_jax.train.forward import predict_poses
 
@@ -28,16 +29,17 @@ SAMPLE_STRIDE = 37
 def translation_report(cam_T_cam: dict, true_cam_T_cam: np.ndarray) -> dict:
     """``{frame_id: {cosine_median, cosine_min, cosine_max, length_ratio, mean_direction}}``
     of predicted ``{frame_id: (B, 4, 4)}`` against true (B, F, 4, 4) poses."""
+    cosines = np.asarray(translation_cosines(cam_T_cam, np.asarray(true_cam_T_cam)))
     report = {}
-    for frame_id in SOURCE_FRAMES:
+    for row, frame_id in enumerate(SOURCE_FRAMES):
         predicted = np.asarray(cam_T_cam[frame_id])[:, :3, 3]
-        known = np.asarray(true_cam_T_cam)[:, FRAME_INDEX[frame_id], :3, 3]
         lengths = np.linalg.norm(predicted, axis=-1)
-        cosine = np.sum(predicted * known, -1) / (lengths * np.linalg.norm(known, axis=-1))
+        known = np.linalg.norm(np.asarray(true_cam_T_cam)[:, FRAME_INDEX[frame_id], :3, 3],
+                               axis=-1)
         report[frame_id] = {
-            "cosine_median": float(np.median(cosine)), "cosine_min": float(cosine.min()),
-            "cosine_max": float(cosine.max()),
-            "length_ratio": float(np.median(lengths / np.linalg.norm(known, axis=-1))),
+            "cosine_median": float(np.median(cosines[row])),
+            "cosine_min": float(cosines[row].min()), "cosine_max": float(cosines[row].max()),
+            "length_ratio": float(np.median(lengths / known)),
             "mean_direction": [round(float(v), 2)
                                for v in np.mean(predicted / lengths[:, None], 0)]}
     return report

@@ -23,7 +23,7 @@ from mal_jax.core.frames import FRAME_INDEX, frame, warp_sources
 from mal_jax.core.network_losses import LossSettings
 from mal_jax.data.registry import dataset_spec
 from mal_jax.mal import loss_balance
-from mal_jax.mal.objective import MalSettings, objective, translation_cosine
+from mal_jax.mal.objective import MalSettings, objective, translation_cosines
 from mal_jax.mal.temporal_hints import TemporalHintConfig, instance_hints
 from mal_jax.models.manydepth import ManyDepth
 from mal_jax.train.forward import train_forward
@@ -154,8 +154,8 @@ def make_train_step(model: ManyDepth, optimizer: optax.GradientTransformation,
             finite=finite.astype(jnp.float32),
             augmented_fraction=jnp.mean(outputs["augmentation_mask"]))
         if settings.loss.velocity_weight:  # true poses in the batch (step_settings checks)
-            metrics["pose_direction_cosine"] = translation_cosine(outputs["cam_T_cam"],
-                                                                  batch["cam_T_cam"])
+            metrics["pose_direction_cosine"] = jnp.mean(translation_cosines(
+                outputs["cam_T_cam"], batch["cam_T_cam"]))
         # The weights after this step's update, as the reference logs them.
         metrics.update(loss_balance.weight_metrics(settings.mal.balance, balance))
         return new_state, metrics
