@@ -6,10 +6,10 @@ predicts a small translation in a random direction, the same for every input. Fr
 encoders (no ImageNet weights) the photometric loss does not turn that direction: its
 per-pixel minimum over frames t-1 and t+1 lets a sideways translation, opposite for the two
 frames, explain the expansion of a forward-moving view half by half. Measured on the embedded
-scenes (README, Default run): runs whose pose network ended sideways (cosine 0.35-0.6 with the
-true motion, or near 0) were the ones whose depth went constant, near or far; the runs that
-learned had it forward (cosine > 0.99). These priors only move the biases of the output layers,
-so every weight stays free to learn; they apply to freshly initialised decoders only.
+scenes (README, Default run): every run whose depth went constant, near or far, had a pose
+network pointing sideways (cosine -0.11 to 0.64 with the true motion); the runs that learned
+had it forward (cosine > 0.99). These priors only move the biases of the output layers, so
+every weight stays free to learn; they apply to freshly initialised decoders only.
 """
 
 from __future__ import annotations
