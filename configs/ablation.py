@@ -1,11 +1,12 @@
 """MAL's ablation on the embedded scenes (``python -m mal_jax.studies.ablation``), sized for a CPU.
 
-One ManyDepth is pretrained from random weights, then for every seed the six rows of
-``mal_jax.studies.ablation.ROWS`` fine-tune it with the MAL parts of that row, as the MAL paper
-fine-tunes a trained ManyDepth. The image size and bin count are reduced from the paper's so
-that the whole ablation (two seeds: one pretraining, twelve fine-tunings, thirteen evaluations)
-fits in about 2.5 hours on 2 CPU cores; the fine-tuning part (rate, teacher kept training,
-MAL settings) is MAL's published recipe (its README commands; rows switch its parts).
+One ManyDepth is pretrained from random weights (or, with ``ablation.start_workdir``, the
+converged ManyDepth of ``mal_jax.studies.converge`` is loaded), then for every seed the six
+rows of ``mal_jax.studies.ablation_rows.ROWS`` fine-tune it with the MAL parts of that row, as
+the MAL paper fine-tunes a trained ManyDepth. The image size and bin count are reduced from the
+paper's so that the whole ablation (two seeds: one pretraining, twelve fine-tunings, thirteen
+evaluations) fits in about 2.5 hours on 2 CPU cores; the fine-tuning part (rate, teacher kept
+training, MAL settings) is MAL's published recipe (its README commands; rows switch its parts).
 
 No ImageNet weights can be downloaded here, and from random weights the photometric loss
 leaves the depth/translation scale free: it drifts until depth saturates at ``min_depth`` and
@@ -40,10 +41,14 @@ def get_config():
 
     ablation = config.ablation = ml_collections.ConfigDict()
     ablation.seeds = (0, 1)  # fine-tuning seeds: data order, augmentation (issue: >= 2)
-    # The pretraining every seed fine-tunes (-1: each seed its own): one start shared, like
-    # the MAL paper's start from released ManyDepth. (Before the starting priors above, seeds
-    # 1 and 2 of the pretraining drifted to the far end; README, Default run.)
+    # The start every seed fine-tunes (-1: each seed its own): one start shared, like the MAL
+    # paper's start from released ManyDepth. (Before the starting priors above, seeds 1 and 2
+    # of the pretraining drifted to the far end; README, Default run.)
     ablation.pretrain_seed = 0
+    # A training workdir to fine-tune instead of pretraining here ("" = pretrain; "{seed}"
+    # stands for the start seed above): the converged ManyDepth of the converge study,
+    # W/seed_{seed}, as MAL fine-tunes a converged model (README, The comparison rerun).
+    ablation.start_workdir = ""
     ablation.pretrain_num_train_samples = 1800  # pretraining triplets (the first of the split)
     ablation.pretrain_epochs = 2  # ManyDepth from random weights, epochs of those triplets
     ablation.pretrain_learning_rate = 1e-4  # Adam rate of the pretraining (paper: 1e-4)

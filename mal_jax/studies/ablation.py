@@ -3,10 +3,13 @@
 The MAL paper fine-tunes a trained ManyDepth with its losses. At CPU scale this module does the
 same on the embedded synthetic scenes, for every seed of ``config.ablation.seeds``:
 
-1. *pretrain*: ManyDepth (no MAL part) from random initialisation with seed
-   ``ablation.pretrain_seed`` (or, if that is -1, with each fine-tuning seed in turn), on the
-   first ``ablation.pretrain_num_train_samples`` triplets for ``ablation.pretrain_epochs`` ->
-   ``<workdir>/pretrain/seed_<p>``, evaluated as the starting point (:data:`START`);
+1. *the start*: either ManyDepth (no MAL part) pretrained here from random initialisation
+   with seed ``ablation.pretrain_seed`` (or, if that is -1, with each fine-tuning seed in
+   turn), on the first ``ablation.pretrain_num_train_samples`` triplets for
+   ``ablation.pretrain_epochs`` -> ``<workdir>/pretrain/seed_<p>``; or, when
+   ``ablation.start_workdir`` names one, the latest checkpoint of a run trained elsewhere (the
+   converged ManyDepth of ``mal_jax.studies.converge``; ``{seed}`` in it stands for the start
+   seed ``p``). Either is evaluated as the starting point (:data:`START`);
 2. each row of :data:`ROWS` fine-tunes that checkpoint for ``ablation.finetune_epochs`` with
    the seed (same data order and augmentation in every row) and its MAL parts switched on ->
    ``<workdir>/<row>/seed_<s>``; the baseline row fine-tunes with ManyDepth's own loss, so
@@ -17,7 +20,7 @@ same on the embedded synthetic scenes, for every seed of ``config.ablation.seeds
 Every phase keeps the config's ``loss.velocity_weight`` (configs/ablation.py says why).
 Runs resume from their workdirs, so an interrupted ablation restarts where it stopped.
 :func:`summarize` reduces the per-run results to the mean and half-range over seeds, and the
-change of every row against the baseline of the same seed.
+change of every row against the baseline of the same seed (``mal_jax.studies.ablation_report``).
 
 ``python -m mal_jax.studies.ablation --config=configs/ablation.py --workdir=W
 [--results_dir=results]``
@@ -29,71 +32,24 @@ import dataclasses
 import gc
 import json
 import os
-import shutil
 import time
 
 import jax
 import ml_collections
-import numpy as np
 from clu import metric_writers
 
 from mal_jax.eval.progress import track
 from mal_jax.studies import run_scalars
-from mal_jax.train import trainer as trainer_lib
-
-# What a row reports: every metric of the evaluation, for both networks and both regions.
-REPORTED = ("abs_rel", "sq_rel", "rmse", "a1")
-MODELS = ("student", "teacher")
-REGIONS = ("all", "moving")
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One line of the ablation table: which MAL parts the fine-tuning uses."""
-
-    name: str  # folder and JSON key
-    label: str  # table label
-    temporal: bool  # temporal hints for the teacher
-    distil: bool  # distillation hints with the ensemble candidate
-    loss_balance: bool  # balancing of original vs distillation loss
-    student_hints: bool = False  # temporal hints for the student too (not in MAL's recipe)
-    loss_scales: tuple[int, ...] | None = None  # ManyDepth's loss scales (None: the config's)
-
-
-ROWS = (
-    Row("baseline", "ManyDepth", temporal=False, distil=False, loss_balance=False),
-    # Control: MAL's losses run at full resolution only (as the MAL code does), ManyDepth's at
-    # four scales; this row is ManyDepth at full resolution only, so that the MAL rows can also
-    # be read against a baseline that differs from them in MAL's parts alone.
-    Row("baseline_scale0", "ManyDepth, full-resolution loss only", temporal=False,
-        distil=False, loss_balance=False, loss_scales=(0,)),
-    # MAL's parts added one by one up to its published recipe (teacher hints only).
-    Row("temporal", "+ temporal hints (teacher)", temporal=True, distil=False, loss_balance=False),
-    Row("distil", "+ distillation hints", temporal=True, distil=True, loss_balance=False),
-    Row("mal", "+ loss balancing (MAL's published recipe)", temporal=True, distil=True,
-        loss_balance=True),
-    # Hints for the student too (--main_temporal, not in the published recipe).
-    Row("mal_student_hints", "MAL + student hints", temporal=True, distil=True,
-        loss_balance=True, student_hints=True),
+from mal_jax.studies.ablation_report import (
+    PRETRAINED_LABEL,
+    START_WORKDIR_LABEL,
+    export,
+    report,
+    summarize,
 )
-BASELINE = ROWS[0].name
-CONTROL = ROWS[1].name
-# Key of the pretrained models every row starts from (evaluated too: the starting point).
-START = "pretrained"
-# The balance weights as the train step logs them (mal_jax.mal.loss_balance.weight_metrics).
-BALANCE_TAGS = ("balance/w_original", "balance/w_distil")
-
-
-def with_mal_parts(config: ml_collections.ConfigDict, row: Row) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with exactly ``row``'s MAL parts on."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.mal.temporal = row.temporal
-    config.mal.main_temporal = row.student_hints
-    config.mal.distil = config.mal.ensemble = row.distil
-    config.mal.loss_balance = row.loss_balance
-    if row.loss_scales is not None:
-        config.loss.scales = row.loss_scales
-    return config
+from mal_jax.studies.ablation_rows import BALANCE_TAGS, ROWS, START, Row, with_mal_parts
+from mal_jax.train import checkpointing
+from mal_jax.train import trainer as trainer_lib
 
 
 def balance_trajectory(workdir: str) -> dict:
@@ -118,9 +74,36 @@ def pretrain_config(config: ml_collections.ConfigDict, seed: int) -> ml_collecti
 
 
 def pretrain_seed(config: ml_collections.ConfigDict, seed: int) -> int:
-    """The pretraining that fine-tuning seed ``seed`` starts from."""
+    """The seed of the start (pretraining or ``start_workdir`` run) that fine-tuning seed
+    ``seed`` starts from."""
     shared = int(config.ablation.pretrain_seed)
     return seed if shared == -1 else shared
+
+
+def start_dir(config: ml_collections.ConfigDict, workdir: str, start_seed: int) -> str:
+    """The workdir whose latest checkpoint the rows of start seed ``start_seed`` fine-tune:
+    ``ablation.start_workdir`` with ``{seed}`` replaced, or the pretraining made here."""
+    template = config.ablation.get("start_workdir", "")
+    if not template:
+        return os.path.join(workdir, "pretrain", f"seed_{start_seed}")
+    return template.replace("{seed}", str(start_seed))
+
+
+def latest_step(run_dir: str) -> int | None:
+    """The newest checkpoint step of a training workdir (None: no checkpoint), read from its
+    folder names: a manager opened on another run's folder could change it."""
+    folder = checkpointing.checkpoint_dir(run_dir)
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    return max(steps, default=None)
+
+
+def start_config(config: ml_collections.ConfigDict, seed: int,
+                 start: str) -> ml_collections.ConfigDict:
+    """The start of ``start_workdir``, loaded and not trained (zero epochs): its evaluation
+    under this ablation's protocol is the :data:`START` row."""
+    loaded = finetune_config(config, ROWS[0], seed, start)
+    loaded.training.num_epochs = 0
+    return loaded
 
 
 def finetune_config(config: ml_collections.ConfigDict, row: Row, seed: int,
@@ -156,14 +139,10 @@ class _Programs:
             jax.clear_caches()
 
 
-def _pretrain_dir(workdir: str, seed: int) -> str:
-    return os.path.join(workdir, "pretrain", f"seed_{seed}")
-
-
 def _finished_results(run: trainer_lib.Trainer) -> dict | None:
     """The saved evaluation of a run that already trained all its steps, if there is one."""
     path = os.path.join(run.workdir, "eval_results.json")
-    if run.manager.latest_step() != run.num_steps or not os.path.exists(path):
+    if (run.manager.latest_step() or 0) != run.num_steps or not os.path.exists(path):
         return None
     with open(path) as handle:
         results = json.load(handle)
@@ -227,148 +206,45 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
                 json.dump(content, handle, indent=1)
 
     # Row after row, so that only one row's compiled programs are held at a time (the seeds of
-    # a row share them); the pretrainings come first.
+    # a row share them); the starts come first.
     starts = {seed: pretrain_seed(config, seed) for seed in seeds}
-    for start_seed in dict.fromkeys(starts.values()):
-        start_dir = _pretrain_dir(workdir, start_seed)
-        record(START, start_seed, start_dir, _train_and_evaluate(
-            pretrain_config(config, start_seed), start_dir, programs, START))
-    programs.release(START)
+    _run_starts(config, workdir, tuple(dict.fromkeys(starts.values())), programs, record)
     for row in track(rows, len(rows), "ablation rows"):
         for seed in seeds:
             run_dir = os.path.join(workdir, row.name, f"seed_{seed}")
             record(row.name, seed, run_dir, _train_and_evaluate(
-                finetune_config(config, row, seed, _pretrain_dir(workdir, starts[seed])),
+                finetune_config(config, row, seed, start_dir(config, workdir, starts[seed])),
                 run_dir, programs, row.name))
         programs.release(row.name)
     return runs
 
 
-# Paired AbsRel changes reported per row: (summary key suffix, reference row).
-REFERENCES = (("abs_rel_change_pct", BASELINE), ("abs_rel_change_vs_control_pct", CONTROL))
-
-
-def _paired_change(runs: dict, row: str, reference: str, model: str, region: str) -> dict:
-    """Per-seed relative AbsRel change of ``row`` against ``reference`` (seeds of both)."""
-    seeds = sorted(set(runs[row]) & set(runs[reference]))
-    base = np.array([runs[reference][s][model][region]["abs_rel"] for s in seeds])
-    ours = np.array([runs[row][s][model][region]["abs_rel"] for s in seeds])
-    change = 100.0 * (ours - base) / base
-    return {"mean": float(np.mean(change)), "per_seed": [float(c) for c in change]}
-
-
-def summarize(runs: dict) -> dict:
-    """Mean and half-range over seeds per row/model/region/metric, and each row's relative
-    change of AbsRel against the baseline of the same seed (paired: same start, same data);
-    the MAL rows also against the full-resolution control (:data:`CONTROL`).
-
-    ``runs``: ``{row: {seed: {model: {region: {metric: value}}}}}`` as :func:`run_ablation`
-    returns. Relative changes are in percent, negative = lower error than the reference.
-    """
-    summary: dict = {}
-    for row, by_seed in runs.items():
-        if not by_seed:
-            continue
-        seeds = sorted(by_seed)
-        entry: dict = {"seeds": seeds}
-        for model in MODELS:
-            for region in REGIONS:
-                for metric in REPORTED:
-                    values = np.array([by_seed[s][model][region][metric] for s in seeds])
-                    entry[f"{model}/{region}/{metric}"] = {
-                        "mean": float(np.mean(values)),
-                        "half_range": float((values.max() - values.min()) / 2),
-                        "per_seed": [float(v) for v in values],
-                    }
-                for suffix, reference in REFERENCES:
-                    compared = row not in (START, BASELINE, reference)
-                    if compared and set(by_seed) & set(runs.get(reference, {})):
-                        entry[f"{model}/{region}/{suffix}"] = _paired_change(
-                            runs, row, reference, model, region)
-        summary[row] = entry
-    return summary
-
-
-def _cell(entry: dict, key: str) -> str:
-    value = entry[key]
-    return f"{value['mean']:.4f} ± {value['half_range']:.4f}"
-
-
-def markdown_table(summary: dict, model: str) -> str:
-    """One model's table: AbsRel/SqRel/RMSE/a1 on all and moving pixels, mean ± half-range
-    over seeds, and the paired AbsRel changes against the baseline and the control."""
-    labels = {row.name: row.label for row in ROWS}
-    labels[START] = "start: pretrained ManyDepth"
-    header = ("| row | AbsRel all | AbsRel moving | Δ all vs ManyDepth | Δ moving vs ManyDepth "
-              "| Δ all vs control | Δ moving vs control | SqRel all | SqRel moving | RMSE all "
-              "| RMSE moving | δ<1.25 all | δ<1.25 moving |")
-    lines = [header, "|---" + "|---:" * 12 + "|"]
-    for row, entry in summary.items():
-        changes = []
-        for suffix, _ in REFERENCES:
-            for region in REGIONS:
-                key = f"{model}/{region}/{suffix}"
-                changes.append(f"{entry[key]['mean']:+.1f}%" if key in entry else "")
-        cells = [_cell(entry, f"{model}/all/abs_rel"), _cell(entry, f"{model}/moving/abs_rel"),
-                 *changes]
-        for metric in ("sq_rel", "rmse", "a1"):
-            cells += [_cell(entry, f"{model}/{region}/{metric}") for region in REGIONS]
-        lines.append(f"| {labels.get(row, row)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def verdict(summary: dict, row: str = "mal", model: str = "student",
-            suffix: str = "abs_rel_change_pct") -> str:
-    """The issue's target in one line: moving-pixel AbsRel down >= 10% in every seed while the
-    all-pixel AbsRel does not rise (against the reference that ``suffix`` names)."""
-    moving = summary[row][f"{model}/moving/{suffix}"]["per_seed"]
-    every = summary[row][f"{model}/all/{suffix}"]["per_seed"]
-    # Compared at the 0.1% the line prints: -10.0% (say 0.45 vs 0.50) counts as met.
-    met = all(round(c, 1) <= -10.0 for c in moving) and all(round(c, 1) <= 0.0 for c in every)
-    reference = dict((s, r) for s, r in REFERENCES)[suffix]
-    return (f"{row} vs {reference} ({model}): moving AbsRel change per seed "
-            f"{', '.join(f'{c:+.1f}%' for c in moving)}; all-pixel "
-            f"{', '.join(f'{c:+.1f}%' for c in every)}; target (<= -10% moving, <= 0% all) "
-            f"{'met' if met else 'not met'}")
-
-
-def export(workdir: str, runs: dict, summary: dict, results_dir: str,
-           example_rows: tuple[str, ...] = (BASELINE, "mal"), num_examples: int = 3) -> None:
-    """Small files for the repository: the per-run metrics, timings and balance weights, the
-    summary, the tables,
-    and the first seed's example PNGs (input frame, disparity, AbsRel error) of ``example_rows``."""
-    os.makedirs(results_dir, exist_ok=True)
-    with open(os.path.join(results_dir, "ablation_runs.json"), "w") as handle:
-        json.dump(runs, handle, indent=1)
-    with open(os.path.join(results_dir, "ablation_summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=1)
-    with open(os.path.join(results_dir, "ablation.md"), "w") as handle:
-        handle.write(report(summary))
-    for file_name in ("ablation_timing.json", "ablation_balance.json"):
-        shutil.copy(os.path.join(workdir, file_name), results_dir)
-    examples = os.path.join(results_dir, "examples")
-    os.makedirs(examples, exist_ok=True)
-    for row in example_rows:
-        seed = min(runs[row], key=int)
-        images = os.path.join(workdir, row, f"seed_{seed}", "eval_images")
-        for index in range(num_examples):
-            names = [f"{index:04d}_{model}_{kind}.png" for model in MODELS
-                     for kind in ("disp", "abs_rel_error")]
-            for name in names:
-                shutil.copy(os.path.join(images, name), os.path.join(examples, f"{row}_{name}"))
-            shutil.copy(os.path.join(images, f"{index:04d}_input.png"),
-                        os.path.join(examples, f"{index:04d}_input.png"))
-
-
-def report(summary: dict) -> str:
-    parts = []
-    for model, title in (("student", "Student (multi-frame)"), ("teacher", "Teacher")):
-        parts += [f"### {title}", "", markdown_table(summary, model), ""]
-    if "mal" in summary:
-        parts += ["- " + verdict(summary, model=model, suffix=suffix)
-                  for suffix, _ in REFERENCES for model in MODELS
-                  if f"{model}/all/{suffix}" in summary["mal"]]
-    return "\n".join(parts) + "\n"
+def _run_starts(config, workdir: str, start_seeds: tuple[int, ...], programs: _Programs,
+                record) -> None:
+    """Pretrain and evaluate each start here, or evaluate each ``start_workdir`` run (its step
+    goes to ``<workdir>/ablation_starts.json``: a start that is still training shows)."""
+    if not config.ablation.get("start_workdir", ""):
+        for start_seed in start_seeds:
+            run_dir = start_dir(config, workdir, start_seed)
+            record(START, start_seed, run_dir, _train_and_evaluate(
+                pretrain_config(config, start_seed), run_dir, programs, START))
+        programs.release(START)
+        return
+    starts = {str(s): {"workdir": start_dir(config, workdir, s),
+                       "step": latest_step(start_dir(config, workdir, s))} for s in start_seeds}
+    for start in starts.values():
+        if start["step"] is None:
+            raise FileNotFoundError(f"config.ablation.start_workdir="
+                                    f"{config.ablation.start_workdir}: {start['workdir']} has no "
+                                    "checkpoint (it must name a training workdir)")
+    with open(os.path.join(workdir, "ablation_starts.json"), "w") as handle:
+        json.dump(starts, handle, indent=1)
+    for start_seed in start_seeds:
+        run_dir = os.path.join(workdir, "start", f"seed_{start_seed}")
+        record(START, start_seed, run_dir, _train_and_evaluate(
+            start_config(config, start_seed, starts[str(start_seed)]["workdir"]), run_dir,
+            programs, START))
+    programs.release(START)
 
 
 def main(argv):
@@ -384,9 +260,12 @@ def main(argv):
     summary = summarize(runs)
     with open(os.path.join(values.workdir, "ablation_summary.json"), "w") as handle:
         json.dump(summary, handle, indent=1)
+    with open(os.path.join(values.workdir, "ablation_balance.json")) as handle:
+        balance = json.load(handle)
+    label = START_WORKDIR_LABEL if config.ablation.get("start_workdir", "") else PRETRAINED_LABEL
     if values.results_dir:
-        export(values.workdir, runs, summary, values.results_dir)
-    print(report(summary))
+        export(values.workdir, runs, summary, values.results_dir, start_label=label)
+    print(report(summary, balance, label))
 
 
 if __name__ == "__main__":
