@@ -89,14 +89,6 @@ def start_dir(config: ml_collections.ConfigDict, workdir: str, start_seed: int) 
     return template.replace("{seed}", str(start_seed))
 
 
-def latest_step(run_dir: str) -> int | None:
-    """The newest checkpoint step of a training workdir (None: no checkpoint), read from its
-    folder names: a manager opened on another run's folder could change it."""
-    folder = checkpointing.checkpoint_dir(run_dir)
-    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-    return max(steps, default=None)
-
-
 def start_config(config: ml_collections.ConfigDict, seed: int,
                  start: str) -> ml_collections.ConfigDict:
     """The start of ``start_workdir``, loaded and not trained (zero epochs): its evaluation
@@ -230,8 +222,8 @@ def _run_starts(config, workdir: str, start_seeds: tuple[int, ...], programs: _P
                 pretrain_config(config, start_seed), run_dir, programs, START))
         programs.release(START)
         return
-    starts = {str(s): {"workdir": start_dir(config, workdir, s),
-                       "step": latest_step(start_dir(config, workdir, s))} for s in start_seeds}
+    dirs = {str(s): start_dir(config, workdir, s) for s in start_seeds}
+    starts = {s: {"workdir": d, "step": checkpointing.latest_step(d)} for s, d in dirs.items()}
     for start in starts.values():
         if start["step"] is None:
             raise FileNotFoundError(f"config.ablation.start_workdir="

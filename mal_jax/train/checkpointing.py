@@ -232,6 +232,17 @@ def load_inference(path: str, step: int | None = None) -> InferenceModel:
                           int(meta["height"]), int(meta["width"]))
 
 
+def latest_step(workdir: str) -> int | None:
+    """The newest checkpoint step of a training workdir (None: none), read through a read-only
+    manager, so another run's folder is left exactly as it is."""
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
+        return None
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+            read_only=True)) as manager:
+        return manager.latest_step()
+
+
 def write_config(workdir: str, config) -> None:
     """The run's config as JSON beside the checkpoints (human-readable provenance), written
     atomically by process 0; every checkpoint's meta also records the config it ran with."""
