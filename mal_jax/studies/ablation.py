@@ -44,6 +44,7 @@ from mal_jax.studies.ablation_report import (
     PRETRAINED_LABEL,
     START_WORKDIR_LABEL,
     export,
+    load_balance,
     report,
     summarize,
 )
@@ -83,7 +84,7 @@ def pretrain_seed(config: ml_collections.ConfigDict, seed: int) -> int:
 def start_dir(config: ml_collections.ConfigDict, workdir: str, start_seed: int) -> str:
     """The workdir whose latest checkpoint the rows of start seed ``start_seed`` fine-tune:
     ``ablation.start_workdir`` with ``{seed}`` replaced, or the pretraining made here."""
-    template = config.ablation.get("start_workdir", "")
+    template = config.ablation.start_workdir
     if not template:
         return os.path.join(workdir, "pretrain", f"seed_{start_seed}")
     return template.replace("{seed}", str(start_seed))
@@ -215,7 +216,7 @@ def _run_starts(config, workdir: str, start_seeds: tuple[int, ...], programs: _P
                 record) -> None:
     """Pretrain and evaluate each start here, or evaluate each ``start_workdir`` run (its step
     goes to ``<workdir>/ablation_starts.json``: a start that is still training shows)."""
-    if not config.ablation.get("start_workdir", ""):
+    if not config.ablation.start_workdir:
         for start_seed in start_seeds:
             run_dir = start_dir(config, workdir, start_seed)
             record(START, start_seed, run_dir, _train_and_evaluate(
@@ -252,12 +253,10 @@ def main(argv):
     summary = summarize(runs)
     with open(os.path.join(values.workdir, "ablation_summary.json"), "w") as handle:
         json.dump(summary, handle, indent=1)
-    with open(os.path.join(values.workdir, "ablation_balance.json")) as handle:
-        balance = json.load(handle)
-    label = START_WORKDIR_LABEL if config.ablation.get("start_workdir", "") else PRETRAINED_LABEL
+    label = START_WORKDIR_LABEL if config.ablation.start_workdir else PRETRAINED_LABEL
     if values.results_dir:
         export(values.workdir, runs, summary, values.results_dir, start_label=label)
-    print(report(summary, balance, label))
+    print(report(summary, load_balance(values.workdir), label))
 
 
 if __name__ == "__main__":

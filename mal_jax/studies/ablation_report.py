@@ -127,6 +127,12 @@ def balance_table(balance: dict, fractions: tuple[float, ...] = (0.0, 0.25, 0.5,
     return "\n".join(lines)
 
 
+def load_balance(workdir: str) -> dict:
+    """The balance-weight trajectories an ablation wrote to ``<workdir>/ablation_balance.json``."""
+    with open(os.path.join(workdir, "ablation_balance.json")) as handle:
+        return json.load(handle)
+
+
 def export(workdir: str, runs: dict, summary: dict, results_dir: str,
            example_rows: tuple[str, ...] = (BASELINE, "mal"), num_examples: int = 3,
            start_label: str = PRETRAINED_LABEL) -> None:
@@ -138,10 +144,8 @@ def export(workdir: str, runs: dict, summary: dict, results_dir: str,
         json.dump(runs, handle, indent=1)
     with open(os.path.join(results_dir, "ablation_summary.json"), "w") as handle:
         json.dump(summary, handle, indent=1)
-    with open(os.path.join(workdir, "ablation_balance.json")) as handle:
-        balance = json.load(handle)
     with open(os.path.join(results_dir, "ablation.md"), "w") as handle:
-        handle.write(report(summary, balance, start_label))
+        handle.write(report(summary, load_balance(workdir), start_label))
     for file_name in ("ablation_timing.json", "ablation_balance.json", "ablation_starts.json"):
         if os.path.exists(os.path.join(workdir, file_name)):
             shutil.copy(os.path.join(workdir, file_name), results_dir)
