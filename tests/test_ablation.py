@@ -232,11 +232,12 @@ def test_ablation_from_a_start_workdir_equals_the_pretrained_start(tiny_ablation
     config.ablation.seeds = (0,)
     config.ablation.start_workdir = os.path.join(workdir, "pretrain", "seed_{seed}")
     assert loaded.start_workdir == ""  # the default pretrains
-    loaded_runs = ablation.run_ablation(config, str(tmp_path), (ablation_rows.ROWS[0],))
+    fresh = tmp_path / "not_made_yet"  # the ablation makes its workdir
+    loaded_runs = ablation.run_ablation(config, str(fresh), (ablation_rows.ROWS[0],))
     assert loaded_runs[ablation_rows.START] == {"0": runs[ablation_rows.START]["0"]}
     assert loaded_runs["baseline"]["0"] == runs["baseline"]["0"]
-    assert not os.path.exists(tmp_path / "pretrain")
-    with open(tmp_path / "ablation_starts.json") as handle:
+    assert not os.path.exists(fresh / "pretrain")
+    with open(fresh / "ablation_starts.json") as handle:
         starts = json.load(handle)
     assert starts == {"0": {"workdir": os.path.join(workdir, "pretrain", "seed_0"), "step": 2}}
     config.ablation.start_workdir = str(tmp_path / "missing_{seed}")

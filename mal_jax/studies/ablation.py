@@ -174,6 +174,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
     rewritten after every run, so an interrupted ablation leaves what it finished;
     ``ablation_timing.json`` beside it holds each run's steps and training seconds, and
     ``ablation_balance.json`` each run's balance-weight trajectory (:func:`balance_trajectory`)."""
+    os.makedirs(workdir, exist_ok=True)  # the JSONs below go there before any run makes it
     seeds = [int(seed) for seed in config.ablation.seeds]
     programs = _Programs()
     names = (START, *(row.name for row in rows))
