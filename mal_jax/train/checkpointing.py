@@ -152,9 +152,7 @@ def restore_fields(workdir: str, fields: dict) -> dict:
     """The ``fields`` (a dict of TrainState field -> abstract subtree) of the latest
     checkpoint of ``workdir``, restored as numpy arrays; the other fields are not read."""
     directory = checkpoint_dir(workdir)
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-            read_only=True)) as manager:
-        step = manager.latest_step()
+    step = latest_step(workdir)
     if step is None:
         raise FileNotFoundError(f"{directory}: no checkpoint saved yet")
     return ocp.PyTreeCheckpointer().restore(
