@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates every number of the README's Results section into results/, in the README's
 # order: the MAL oracle and its variants, the depth sweep, the speed benchmarks, mixed
-# precision, README command 1 (the default run), the converged start, and the comparison
-# rerun from it. Run from the repository root with the project installed:
+# precision, README command 1 (the default run), the converged start, the comparison rerun
+# from it, and the check of whether its student reads its cost volume. Run from the repository root with the project installed:
 #
 #     bash results/regenerate.sh RUNS [GOLDEN_DIR]
 #
@@ -43,3 +43,10 @@ python -m mal_jax.studies.converge --config=configs/converge.py --workdir="$runs
 python -m mal_jax.studies.ablation --config=configs/ablation.py --workdir="$runs/comparison" \
   --config.ablation.start_workdir="$runs/converge/seed_{seed}" \
   --config.ablation.pretrain_seed=-1 --results_dir=results
+
+# Does the student read its cost volume? The starts and four comparison rows, both seeds.
+start="$runs/converge/seed_"; row="$runs/comparison"
+python -m mal_jax.studies.cost_volume_use --config=configs/ablation.py \
+  --runs="start_seed0=${start}0,start_seed1=${start}1,control_seed0=$row/baseline_scale0/seed_0,control_seed1=$row/baseline_scale0/seed_1,temporal_seed0=$row/temporal/seed_0,temporal_seed1=$row/temporal/seed_1,mal_seed0=$row/mal/seed_0,mal_seed1=$row/mal/seed_1,mal_student_hints_seed0=$row/mal_student_hints/seed_0,mal_student_hints_seed1=$row/mal_student_hints/seed_1" \
+  --parallax_sizes 96x320,192x640 --json results/cost_volume_use.json \
+  --markdown results/cost_volume_use.md

@@ -208,6 +208,14 @@ def flat_scalars(results: dict) -> dict[str, float]:
 # ------------------------------------------------------------------ the evaluator
 
 
+def without_lookup_frame(batch: dict) -> dict:
+    """``batch`` with frame -1 black: the predictor then runs the student as for a sequence's
+    first frame (frame t as its own lookup, zero pose)."""
+    frames = np.array(batch["frames"])
+    frames[:, 0] = 0.0
+    return {**batch, "frames": frames}
+
+
 class Evaluator:
     """Evaluation of ``config``'s test split, built once: the data source (its split and
     ground truth read here, so a bad file fails now), the preset and the batch size.
@@ -226,9 +234,6 @@ class Evaluator:
         self.width = int(width or config.data.width)
         self.source = registry.eval_source(config, self.height, self.width)
 
-    def _batches(self) -> Iterable[dict]:
-        return pipeline.eval_batches(self.source, batch_size=self.batch_size)
-
     def _predictor(self, inference: InferenceModelLike):
         if (int(inference.height), int(inference.width)) != (self.height, self.width):
             raise ValueError(f"evaluation: the model takes {inference.height}x{inference.width}"
@@ -237,9 +242,26 @@ class Evaluator:
         return make_batch_predictor(inference, preset.min_depth, preset.max_depth,
                                     self.batch_size)
 
-    def run(self, inference: InferenceModelLike, *, checkpoint: str = "") -> dict:
-        """Score ``inference`` on the split (progress with ETA on stderr); write nothing."""
-        batches = track(self._batches(), math.ceil(self.source.num_samples / self.batch_size),
+    def _batches(self, without_lookup: bool = False) -> Iterable[dict]:
+        batches = pipeline.eval_batches(self.source, batch_size=self.batch_size)
+        return map(without_lookup_frame, batches) if without_lookup else batches
+
+    def predictions(self, inference: InferenceModelLike, *,
+                    without_lookup: bool = False) -> dict[str, np.ndarray]:
+        """``{model: (N, H, W) disparities}`` over the split, in its order."""
+        predict, out = self._predictor(inference), {model: [] for model in MODELS}
+        for batch in self._batches(without_lookup):
+            for model, disparity in predict(batch).items():
+                out[model].append(disparity)
+        return {model: np.concatenate(parts) for model, parts in out.items()}
+
+    def run(self, inference: InferenceModelLike, *, checkpoint: str = "",
+            without_lookup: bool = False) -> dict:
+        """Score ``inference`` on the split (progress with ETA on stderr); write nothing.
+        ``without_lookup`` scores the student in ManyDepth's single-frame mode: every frame -1
+        dropped, so the student matches frame t against itself with a zero pose."""
+        batches = track(self._batches(without_lookup),
+                        math.ceil(self.source.num_samples / self.batch_size),
                         f"eval {self.protocol_name}")
         results = evaluate_predictions(batches, self._predictor(inference), self.preset,
                                        batch_size=self.batch_size,

@@ -1,0 +1,256 @@
+"""Does the multi-frame student use its cost volume? Three measurements per trained run.
+
+MAL's student-side parts assume a student whose errors on moving objects come from its cost
+volume (matching assumes a static world). On the embedded scenes that premise can be checked:
+
+* **bin sensitivity**: the student's test AbsRel with the cost-volume depth range it was
+  trained with, and with that range divided and multiplied by ``RANGE_FACTOR``. A student that
+  reads its cost volume changes with the range; one that has learned to ignore it does not.
+* **trust**: on training batches (train-mode forward, as a step sees them), the fraction of
+  pixels the cost volume covers (``confidence``), where its arg-min depth is within 2x of the
+  teacher's (``agreement``), and where the student's reprojection loss applies (``trusted``,
+  their product). Everywhere else ManyDepth trains the student by its consistency loss: an L1
+  to the teacher's depth, in metres.
+* **parallax** (oracle, no network): with ground-truth depth and camera motion, how far (in
+  pixels of the 1/4-resolution matching grid) a frame-t pixel moves in the lookup frame t-1
+  when its depth doubles. Below one pixel the cost volume cannot tell d from 2d there; and
+  between the run's nearest and farthest bin, below one pixel its costs are flat.
+
+    python -m mal_jax.studies.cost_volume_use --config=configs/ablation.py \
+        --runs=start=/work/runs/converge/seed_0,control=... [--num_batches 10] \
+        [--num_samples 64] [--parallax_sizes 96x320,192x640] [--json PATH] [--markdown PATH]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mal_jax.core import geometry, losses, network_losses
+from mal_jax.core.frames import frame
+from mal_jax.data import pipeline, registry
+from mal_jax.eval import evaluate
+from mal_jax.studies import oracle
+from mal_jax.train import forward, step
+
+RANGE_FACTOR = 4.0  # the alternative cost-volume ranges: the run's, divided and multiplied by this
+MATCHING_SCALE = 4  # the cost volume is built at 1/4 of the image resolution (ManyDepth)
+LOOKUP_FRAME = -1  # ManyDepth's matching frame
+
+
+def variants(min_bin: float, max_bin: float) -> dict[str, tuple[float, float, bool]]:
+    """``{name: (min_bin, max_bin, without_lookup)}``: the cost volume's depth range divided
+    and multiplied by ``RANGE_FACTOR``, and no lookup frame at all (ManyDepth's single-frame
+    mode: frame t matched against itself)."""
+    return {f"/{RANGE_FACTOR:g}": (min_bin / RANGE_FACTOR, max_bin / RANGE_FACTOR, False),
+            f"x{RANGE_FACTOR:g}": (min_bin * RANGE_FACTOR, max_bin * RANGE_FACTOR, False),
+            "no lookup": (min_bin, max_bin, True)}
+
+
+def log_change(disparity: np.ndarray, reference: np.ndarray) -> float:
+    """Mean ``|log(disparity / reference)|`` over all pixels: 0.01 is a 1% change."""
+    return float(np.mean(np.abs(np.log(disparity / reference))))
+
+
+def cost_volume_sensitivity(inference, evaluator: evaluate.Evaluator) -> dict:
+    """How the student's test predictions change under each of :func:`variants`
+    (``change``: :func:`log_change` against its own predictions), and its AbsRel (all and
+    moving pixels) with its own range and without a lookup frame."""
+    own = evaluator.predictions(inference)["student"]
+    scores = {"own": evaluator.run(inference),
+              "no lookup": evaluator.run(inference, without_lookup=True)}
+    rows = {}
+    for name, (low, high, without_lookup) in variants(inference.min_depth_bin,
+                                                      inference.max_depth_bin).items():
+        varied = dataclasses.replace(inference, min_depth_bin=low, max_depth_bin=high)
+        student = evaluator.predictions(varied, without_lookup=without_lookup)["student"]
+        rows[name] = {"bins": [float(low), float(high)], "change": log_change(student, own)}
+    for name, results in scores.items():
+        student = results["metrics"]["student"]
+        rows.setdefault(name, {}).update(
+            {f"student_{region}_abs_rel": float(student[region]["abs_rel"])
+             for region in student})
+    return rows
+
+
+def trust_fractions(outputs: dict) -> dict[str, float]:
+    """Pixel fractions of one training forward's outputs: ``confidence`` (every bin projects
+    into the lookup frame), ``agreement`` (cost-volume arg-min within 2x of the teacher) and
+    ``trusted`` (the consistency mask: where the student's reprojection loss applies)."""
+    agreement = losses.compute_matching_mask(outputs["teacher_depth"][0], outputs["lowest_cost"])
+    return {"confidence": float(jnp.mean(outputs["confidence"])),
+            "agreement": float(jnp.mean(agreement)),
+            "trusted": float(jnp.mean(outputs["consistency_mask"]))}
+
+
+def measure_trust(config, inference, num_batches: int, seed: int = 0) -> dict[str, float]:
+    """Mean :func:`trust_fractions` over ``num_batches`` training batches of ``config``, and
+    the student's scale-0 loss terms there: ``reproj_loss`` (over the trusted pixels) and
+    ``consistency_loss`` (metres, averaged over all pixels)."""
+    settings = step.step_settings(config, steps_per_epoch=1).loss
+    source = registry.train_source(config)
+    batches = pipeline.train_batches(source, batch_size=config.training.batch_size, seed=seed)
+
+    @jax.jit
+    def measured(variables, batch, min_bin, max_bin):
+        outputs = forward.train_forward(inference.model, variables, batch, min_bin, max_bin,
+                                        settings=settings)[0]
+        parts = network_losses.student_loss(outputs, batch, settings)[1]
+        return outputs, {name: parts[f"{name}/0"]
+                         for name in ("reproj_loss", "consistency_loss")}
+
+    totals = []
+    for batch in itertools.islice(batches, num_batches):
+        outputs, parts = measured(inference.variables, batch,
+                                  jnp.float32(inference.min_depth_bin),
+                                  jnp.float32(inference.max_depth_bin))
+        totals.append({**trust_fractions(outputs),
+                       **{f"student_{name}": float(value) for name, value in parts.items()}})
+    return {key: float(np.mean([t[key] for t in totals])) for key in totals[0]}
+
+
+def parallax(depth: jax.Array, cam_T_cam: jax.Array, K: jax.Array, inv_K: jax.Array,
+             far_depth: jax.Array) -> jax.Array:
+    """(B, H, W) distance, in matching-grid pixels, between where each frame-t pixel lands in
+    the lookup frame at ``depth`` and at ``far_depth`` (both (B, H, W)); ``cam_T_cam``
+    (B, 4, 4) maps frame t's camera to the lookup frame's, ``K`` at full resolution."""
+    _, height, width = depth.shape
+    near = geometry.project_points(geometry.backproject_depth(depth, inv_K), K, cam_T_cam)
+    far = geometry.project_points(geometry.backproject_depth(far_depth, inv_K), K, cam_T_cam)
+    to_pixels = jnp.asarray([width - 1, height - 1], near.dtype) / 2.0
+    return jnp.linalg.norm((near - far) * to_pixels, axis=-1) / MATCHING_SCALE
+
+
+def measure_parallax(size: tuple[int, int], bins: tuple[float, float], num_samples: int,
+                     max_instances: int, batch_size: int = 8) -> dict[str, float]:
+    """Ground-truth parallax over the test split's pixels with depth, rendered at ``size``
+    (H, W): the fractions below one and half a matching pixel when depth doubles, its median,
+    and the fraction whose costs are flat (under one pixel) across ``bins``."""
+    doubled, across = [], []
+    render = dict(height=size[0], width=size[1], max_instances=max_instances)
+    for batch, real in oracle.iter_batches("test", num_samples, batch_size, **render):
+        depth = jnp.asarray(batch["depth_gt"])
+        pose = frame(jnp.asarray(batch["cam_T_cam"]), LOOKUP_FRAME)
+        K, inv_K = jnp.asarray(batch["K"]), jnp.asarray(batch["inv_K"])
+        valid = np.asarray(depth > 0)[:real]
+        safe = jnp.where(depth > 0, depth, 1.0)
+        doubled.append(np.asarray(parallax(safe, pose, K, inv_K, 2.0 * safe))[:real][valid])
+        low, high = (jnp.full_like(safe, b) for b in bins)
+        across.append(np.asarray(parallax(low, pose, K, inv_K, high))[:real][valid])
+    doubled, across = np.concatenate(doubled), np.concatenate(across)
+    return {"depth_doubling_below_1px": float(np.mean(doubled < 1.0)),
+            "depth_doubling_below_half_px": float(np.mean(doubled < 0.5)),
+            "depth_doubling_median_px": float(np.median(doubled)),
+            "flat_across_bins": float(np.mean(across < 1.0)),
+            "bins": [float(b) for b in bins], "num_pixels": int(doubled.size)}
+
+
+def run_study(config, runs: dict[str, str], num_batches: int, num_samples: int,
+              parallax_sizes: tuple[tuple[int, int], ...] = ()) -> dict:
+    """Every measurement for each ``{name: workdir}``; parallax over the first run's bins at
+    the config's image size and at each of ``parallax_sizes`` (the same scenes rendered
+    larger: the same motion in metres, more pixels)."""
+    from mal_jax.train import checkpointing
+
+    evaluator = evaluate.Evaluator(config)
+    results, first_bins = {"runs": {}}, None
+    for name, workdir in runs.items():
+        inference = checkpointing.load_inference(workdir)
+        first_bins = first_bins or (float(inference.min_depth_bin),
+                                    float(inference.max_depth_bin))
+        results["runs"][name] = {"workdir": workdir,
+                                 "sensitivity": cost_volume_sensitivity(inference, evaluator),
+                                 "trust": measure_trust(config, inference, num_batches)}
+    sizes = dict.fromkeys([(config.data.height, config.data.width), *parallax_sizes])
+    results["parallax"] = {f"{h}x{w}": measure_parallax((h, w), first_bins, num_samples,
+                                                       config.data.max_instances)
+                           for h, w in sizes}
+    return results
+
+
+def markdown(results: dict) -> str:
+    """One row per run: the student's prediction change under each variant, its AbsRel with
+    and without a lookup frame, the trust fractions and its loss terms; then the parallax
+    lines."""
+    lines = ["| run | change, range /4 | change, range x4 | change, no lookup | student AbsRel "
+             "| AbsRel, no lookup | confidence | agreement | trusted | student reprojection "
+             "loss | student consistency loss (m) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, run in results["runs"].items():
+        rows, trust = run["sensitivity"], run["trust"]
+        cells = [f"{rows[key]['change']:.2%}" for key in variants(1.0, 2.0)]
+        cells += [f"{rows[key]['student_all_abs_rel']:.4f}" for key in ("own", "no lookup")]
+        cells += [f"{trust[key]:.2f}" for key in ("confidence", "agreement", "trusted")]
+        cells += [f"{trust[key]:.3f}" for key in ("student_reproj_loss",
+                                                   "student_consistency_loss")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for size, p in results["parallax"].items():
+        lines.append(f"Parallax at {size} (ground truth, {p['num_pixels']} test pixels): "
+                     f"doubling the depth moves the match by < 1 matching pixel for "
+                     f"{p['depth_doubling_below_1px']:.0%} of pixels (< 0.5 px: "
+                     f"{p['depth_doubling_below_half_px']:.0%}; median "
+                     f"{p['depth_doubling_median_px']:.2f} px); costs flat across "
+                     f"{p['bins'][0]:.1f}-{p['bins'][1]:.1f} m for {p['flat_across_bins']:.0%}.")
+    return "\n".join(lines)
+
+
+def parse_runs(items: list[str]) -> dict[str, str]:
+    """``["name=workdir", ...]`` as a dict; an item without a name or path is one clear error."""
+    runs = {}
+    for item in items:
+        name, _, workdir = item.partition("=")
+        if not name or not workdir:
+            raise ValueError(f"--runs item {item!r}: expected name=workdir")
+        runs[name] = workdir
+    return runs
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"96x320"`` as ``(96, 320)``; anything else is one clear error."""
+    height, _, width = text.partition("x")
+    if not (height.isdigit() and width.isdigit()):
+        raise ValueError(f"--parallax_sizes item {text!r}: expected HEIGHTxWIDTH, e.g. 96x320")
+    return int(height), int(width)
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    from mal_jax.data.pipeline import hide_gpus_from_tf
+    from mal_jax.train import compilation_cache
+
+    compilation_cache.enable()
+    hide_gpus_from_tf()
+    values = flags.FLAGS
+    runs = parse_runs(values.runs)
+    sizes = tuple(parse_size(size) for size in values.parallax_sizes)
+    results = run_study(values.config, runs, values.num_batches, values.num_samples, sizes)
+    table = markdown(results)
+    if values.json:
+        pathlib.Path(values.json).write_text(json.dumps(results, indent=1) + "\n")
+    if values.markdown:
+        pathlib.Path(values.markdown).write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "the runs' config, e.g. configs/ablation.py")
+    flags.DEFINE_list("runs", None, "name=workdir pairs, comma-separated")
+    flags.DEFINE_integer("num_batches", 10, "training batches for the trust fractions")
+    flags.DEFINE_integer("num_samples", 64, "test samples for the parallax")
+    flags.DEFINE_list("parallax_sizes", [], "more image sizes for the parallax, e.g. 192x640")
+    flags.DEFINE_string("json", "", "write the results here")
+    flags.DEFINE_string("markdown", "", "write the table here")
+    flags.mark_flags_as_required(["config", "runs"])
+    app.run(main)

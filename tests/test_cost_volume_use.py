@@ -1,0 +1,111 @@
+"""The cost-volume study: ground-truth parallax against hand-computed shifts, the trust
+fractions on hand-made outputs, and the bin-sensitivity check telling a student that reads its
+cost volume from one whose cost-volume weights are zero."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from model_variables import random_variables
+
+from configs.default import get_config
+from mal_jax.eval import evaluate
+from mal_jax.models.manydepth import ManyDepth
+from mal_jax.studies import cost_volume_use
+from mal_jax.train.checkpointing import InferenceModel
+
+HEIGHT, WIDTH = 64, 96
+
+
+def intrinsics(fx: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+    K = np.array([[fx, 0, WIDTH / 2, 0], [0, fx, HEIGHT / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+                 np.float32)
+    return jnp.asarray(K[None]), jnp.asarray(np.linalg.inv(K)[None])
+
+
+def test_parallax_of_a_sideways_move_is_fx_t_over_2d_in_matching_pixels():
+    # Camera moved t along x: a pixel at depth Z shifts by fx t / Z (full resolution), so
+    # doubling Z changes the shift by fx t / (2 Z), a quarter of that on the matching grid.
+    fx, t, depth = 80.0, 0.5, 4.0
+    K, inv_K = intrinsics(fx)
+    pose = jnp.eye(4)[None].at[0, 0, 3].set(t)
+    depth_map = jnp.full((1, HEIGHT, WIDTH), depth)
+    shift = cost_volume_use.parallax(depth_map, pose, K, inv_K, 2 * depth_map)
+    np.testing.assert_allclose(np.asarray(shift), fx * t / (2 * depth) / 4, rtol=1e-5)
+    still = cost_volume_use.parallax(depth_map, jnp.eye(4)[None], K, inv_K, 2 * depth_map)
+    np.testing.assert_allclose(np.asarray(still), 0.0, atol=1e-5)  # no motion, no parallax
+
+
+def test_trust_fractions_hand_computed():
+    teacher = jnp.full((1, 2, 2, 1), 10.0)
+    # Cost-volume arg-min depths 10, 25 (> 2x), 15, 4 (< 1/2x), given as disparities.
+    lowest_cost = 1.0 / jnp.asarray([10.0, 25.0, 15.0, 4.0]).reshape(1, 2, 2, 1)
+    outputs = {"teacher_depth": {0: teacher}, "lowest_cost": lowest_cost,
+               "confidence": jnp.asarray([[[1.0, 1.0], [1.0, 0.0]]]),
+               "consistency_mask": jnp.asarray([1.0, 0.0, 0.0, 0.0]).reshape(1, 2, 2, 1)}
+    fractions = cost_volume_use.trust_fractions(outputs)
+    assert fractions == pytest.approx({"confidence": 0.75, "agreement": 0.5, "trusted": 0.25})
+
+
+def test_variants_divide_and_multiply_the_range_or_drop_the_lookup_frame():
+    assert cost_volume_use.variants(2.0, 40.0) == {
+        "/4": (0.5, 10.0, False), "x4": (8.0, 160.0, False), "no lookup": (2.0, 40.0, True)}
+
+
+def test_log_change_is_the_mean_absolute_log_ratio():
+    reference = np.ones((1, 2, 2))
+    varied = np.asarray([[[1.0, np.e], [1.0, 1.0 / np.e]]])
+    assert cost_volume_use.log_change(varied, reference) == pytest.approx(0.5)
+
+
+def test_parse_runs_names_a_bad_item():
+    assert cost_volume_use.parse_runs(["a=/x", "b=/y=z"]) == {"a": "/x", "b": "/y=z"}
+    with pytest.raises(ValueError, match=r"--runs item '/runs/a': expected name=workdir"):
+        cost_volume_use.parse_runs(["/runs/a"])
+
+
+def test_parse_size_names_a_bad_item():
+    assert cost_volume_use.parse_size("96x320") == (96, 320)
+    with pytest.raises(ValueError, match=r"--parallax_sizes item '96-320': expected HEIGHTxWIDTH"):
+        cost_volume_use.parse_size("96-320")
+
+
+def cost_volume_gain(variables: dict, gain: float, image_channels: int = 64) -> dict:
+    """The student's reduce_conv with its cost-volume input weights multiplied by ``gain``."""
+    def scale(path, leaf):
+        names = [getattr(key, "key", "") for key in path]
+        if "reduce_conv" in names and names[-1] == "kernel":
+            return np.concatenate([leaf[:, :, :image_channels],
+                                   gain * leaf[:, :, image_channels:]], axis=2)
+        return leaf
+    return jax.tree_util.tree_map_with_path(scale, variables)
+
+
+def test_sensitivity_tells_a_student_that_reads_its_cost_volume_from_one_that_does_not():
+    config = get_config()
+    config.data.num_eval_samples = 3
+    config.data.max_instances = 4
+    config.evaluation.batch_size = 3
+    evaluator = evaluate.Evaluator(config, height=HEIGHT, width=WIDTH)
+    model = ManyDepth(num_depth_bins=8)
+    # Fan-in-scaled random weights make the cost volume a small part of the decoder's input;
+    # x100 makes it count, x0 cuts it off.
+    weights = random_variables(model, HEIGHT, WIDTH)
+    reads = InferenceModel(model=model, variables=cost_volume_gain(weights, 100.0),
+                           min_depth_bin=0.5, max_depth_bin=20.0, height=HEIGHT, width=WIDTH)
+    ignores = dataclasses.replace(reads, variables=cost_volume_gain(weights, 0.0))
+    reading = cost_volume_use.cost_volume_sensitivity(reads, evaluator)
+    ignoring = cost_volume_use.cost_volume_sensitivity(ignores, evaluator)
+    scored = evaluator.run(reads)["metrics"]["student"]
+    assert reading["own"]["student_all_abs_rel"] == pytest.approx(scored["all"]["abs_rel"])
+    assert reading["x4"]["bins"] == [2.0, 80.0]
+    for name in ("/4", "x4", "no lookup"):
+        assert reading[name]["change"] > 5e-4, name
+        assert ignoring[name]["change"] == 0.0, name  # nothing reaches the decoder
+    # Without a lookup frame the evaluator scores every sample in single-frame mode.
+    single = evaluator.run(reads, without_lookup=True)
+    assert single["static_fallback_images"] == 3
+    assert single["metrics"]["student"]["all"]["abs_rel"] == pytest.approx(
+        reading["no lookup"]["student_all_abs_rel"])
