@@ -28,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
     data.num_train_samples = 2800  # synthetic: training triplets used (full split: 4400)
     data.num_eval_samples = 160  # synthetic: test samples evaluated (full split: 320)
     data.seed = 0  # seed of the synthetic scenes (splits use disjoint seeds internally)
+    # Frames t-k, t, t+k of the synthetic scenes (paper: consecutive frames, k=1); a larger k
+    # multiplies the motion between them and so the parallax the cost volume can match (README:
+    # "Does the student read its cost volume?"). Synthetic data only; others refuse k != 1.
+    data.frame_stride = 1
     data.augment = True  # colour jitter (p=0.5) and horizontal flip (p=0.5), as the reference
     # A frame -1/+1 missing at a sequence boundary (kitti; cityscapes evaluation): "black" or
     # "error". "black" (the default) is what the reference's KITTI loader does: a black frame,

@@ -48,5 +48,5 @@ python -m mal_jax.studies.ablation --config=configs/ablation.py --workdir="$runs
 start="$runs/converge/seed_"; row="$runs/comparison"
 python -m mal_jax.studies.cost_volume_use --config=configs/ablation.py \
   --runs="start_seed0=${start}0,start_seed1=${start}1,control_seed0=$row/baseline_scale0/seed_0,control_seed1=$row/baseline_scale0/seed_1,temporal_seed0=$row/temporal/seed_0,temporal_seed1=$row/temporal/seed_1,mal_seed0=$row/mal/seed_0,mal_seed1=$row/mal/seed_1,mal_student_hints_seed0=$row/mal_student_hints/seed_0,mal_student_hints_seed1=$row/mal_student_hints/seed_1" \
-  --parallax_sizes 96x320,192x640 --json results/cost_volume_use.json \
+  --parallax_sizes 96x320,192x640 --parallax_strides 2,3 --json results/cost_volume_use.json \
   --markdown results/cost_volume_use.md

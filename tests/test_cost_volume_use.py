@@ -66,6 +66,11 @@ def test_parse_runs_names_a_bad_item():
         cost_volume_use.parse_runs(["/runs/a"])
 
 
+def test_parallax_names_say_the_stride_when_frames_are_not_consecutive():
+    assert cost_volume_use.parallax_name((64, 192), 1) == "64x192"
+    assert cost_volume_use.parallax_name((64, 192), 3) == "64x192, frame stride 3"
+
+
 def test_parse_size_names_a_bad_item():
     assert cost_volume_use.parse_size("96x320") == (96, 320)
     with pytest.raises(ValueError, match=r"--parallax_sizes item '96-320': expected HEIGHTxWIDTH"):

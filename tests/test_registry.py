@@ -54,6 +54,16 @@ def test_synthetic_sources_from_the_config():
     assert registry.check_config(config) is registry.DATASETS["synthetic"]
 
 
+
+@pytest.mark.parametrize("stride", [0, 5])
+def test_synthetic_frame_stride_outside_the_sequence_is_one_line(stride):
+    config = test_config.get_config()
+    config.data.frame_stride = stride
+    with pytest.raises(registry.ConfigError, match=r"^config\.data\.frame_stride: synthetic: "
+                       r"frame_stride must be an integer in \[1, 4\], got "):
+        registry.check_config(config)
+
+
 @pytest.fixture(scope="module")
 def kitti_tree(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("kitti"))
@@ -127,6 +137,8 @@ BAD_FIELDS = [
     ("data.masks_root", "/no/masks", r"config\.data\.masks_root='/no/masks': folder missing"),
     ("data.masks_root", "", r"config\.data\.masks_root='': MAL's temporal hints \(config\.mal"
      r"\.temporal, config\.mal\.main_temporal\) need instance masks on dataset 'kitti'"),
+    ("data.frame_stride", 2, r"config\.data\.frame_stride=2: only the embedded synthetic scenes "
+     r"take a stride \(dataset 'kitti' reads consecutive frames\)"),
 ]
 
 

@@ -258,6 +258,35 @@ def test_tfds_builder_round_trip(tmp_path):
                 np.testing.assert_array_equal(record[key], value, err_msg=f"{split} {key}")
 
 
+def test_locate_keeps_the_consecutive_frames_layout_and_fits_every_stride():
+    # Stride 1 is the layout every run so far used: 22 targets per training sequence, 1..22.
+    assert [synthetic.locate("train", i) for i in (0, 1, 21, 22)] == [(0, 1), (0, 2), (0, 22),
+                                                                      (1, 1)]
+    assert [synthetic.locate("test", i) for i in range(5)] == [(0, 1), (0, 8), (0, 15), (0, 22),
+                                                               (1, 1)]
+    for stride in range(1, synthetic.MAX_STRIDE + 1):
+        per_sequence = synthetic.targets_per_sequence("train", stride)
+        targets = [synthetic.locate("train", i, stride)[1] for i in range(per_sequence)]
+        assert targets == list(range(stride, synthetic.SEQUENCE_LENGTH - stride))
+        for i in range(8):
+            frame = synthetic.locate("test", i, stride)[1]
+            assert stride <= frame < synthetic.SEQUENCE_LENGTH - stride
+
+
+def test_frame_stride_renders_frames_stride_apart():
+    stride = 3
+    sample = synthetic.render_sample("train", 5, stride=stride, **SMALL)
+    sequence, target = synthetic.locate("train", 5, stride)
+    for row, offset in enumerate((-1, 0, 1)):
+        view = synthetic.render_frame("train", sequence, target + offset * stride, **SMALL)
+        np.testing.assert_array_equal(sample["frames"][row], view["rgb"])
+    scene = synthetic.scene_for("train", sequence)
+    expected = np.linalg.inv(scene.world_T_cam(target - stride)) @ scene.world_T_cam(target)
+    np.testing.assert_allclose(sample["cam_T_cam"][0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"frame_stride must be an integer in \[1, 4\], got 5"):
+        synthetic.render_sample("train", 0, stride=5, **SMALL)
+
+
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="unknown split 'training'"):
         synthetic.render_sample("training", 0)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from mal_jax.data import cityscapes, kitti, pipeline, sources
+from mal_jax.data import cityscapes, kitti, pipeline, sources, synthetic
 from mal_jax.data.frame_reader import NEIGHBOUR_POLICIES
 
 
@@ -117,6 +117,7 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 32:
             raise ConfigError(f"config.data.{field}={value!r}: must be a positive multiple of 32 "
                               "(the encoders downsample by 32)")
+    _check_frame_stride(data, spec)
     if data.missing_neighbour not in NEIGHBOUR_POLICIES:
         raise ConfigError(f"config.data.missing_neighbour={data.missing_neighbour!r}: expected "
                           f"one of {', '.join(NEIGHBOUR_POLICIES)}")
@@ -130,6 +131,17 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
     if spec.layout is not None:
         _check_paths(config, spec, training)
     return spec
+
+
+def _check_frame_stride(data: ml_collections.ConfigDict, spec: DatasetSpec) -> None:
+    if spec.layout is not None and data.frame_stride != 1:
+        raise ConfigError(f"config.data.frame_stride={data.frame_stride!r}: only the embedded "
+                          f"synthetic scenes take a stride (dataset {spec.name!r} reads "
+                          "consecutive frames)")
+    try:
+        synthetic.check_stride(data.frame_stride)
+    except ValueError as error:
+        raise ConfigError(f"config.data.frame_stride: {error}") from None
 
 
 def _check_paths(config: ml_collections.ConfigDict, spec: DatasetSpec, training: bool) -> None:

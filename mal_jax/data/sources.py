@@ -35,7 +35,7 @@ def _synthetic_source(config, split: str, train: bool, height: int, width: int
     def read(index: int) -> dict:
         sample = synthetic.render_sample(split, index, seed=data.seed,
                                          max_instances=data.max_instances, offsets=offsets,
-                                         **size)
+                                         stride=data.frame_stride, **size)
         sample.pop("index")
         return sample
 

@@ -26,6 +26,9 @@ DEFAULT_NUM_SAMPLES = {"train": 4400, "validation": 320, "test": 320}
 SEQUENCE_LENGTH = 24
 # Evaluation splits take a few spread-out targets per sequence, for more distinct scenes.
 TARGETS_PER_SEQUENCE = {"train": SEQUENCE_LENGTH - 2, "validation": 4, "test": 4}
+# Frames t - k, t, t + k with k = 1 are consecutive frames (the paper's KITTI setting); a larger
+# stride multiplies the motion, and so the parallax, between them.
+MAX_STRIDE = 4
 TRAIN_OFFSETS = (-1, 0, 1)
 EVAL_OFFSETS = (-1, 0)
 MIN_INSTANCE_PIXELS = 8
@@ -78,12 +81,31 @@ def intrinsics_pyramid(height: int, width: int, num_scales: int = NUM_SCALES):
     return np.stack(Ks), np.stack(inv_Ks).astype(np.float32)
 
 
-def locate(split: str, index: int) -> tuple[int, int]:
-    """(sequence, target frame) of sample ``index`` of ``split``."""
-    per_sequence = TARGETS_PER_SEQUENCE[canonical_split(split)]
+def check_stride(stride: int) -> int:
+    """``stride`` as an int, or one clear error: frames t - stride and t + stride must both lie
+    in a sequence of ``SEQUENCE_LENGTH`` frames."""
+    if int(stride) != stride or not 1 <= stride <= MAX_STRIDE:
+        raise ValueError(f"synthetic: frame_stride must be an integer in [1, {MAX_STRIDE}], "
+                         f"got {stride}")
+    return int(stride)
+
+
+def targets_per_sequence(split: str, stride: int = 1) -> int:
+    """Samples per sequence: every frame with both neighbours ``stride`` away for training,
+    a few spread-out targets for evaluation."""
+    split = canonical_split(split)
+    if split == "train":
+        return SEQUENCE_LENGTH - 2 * check_stride(stride)
+    return TARGETS_PER_SEQUENCE[split]
+
+
+def locate(split: str, index: int, stride: int = 1) -> tuple[int, int]:
+    """(sequence, target frame) of sample ``index`` of ``split``, the target at least
+    ``stride`` frames from either end of its sequence."""
+    per_sequence = targets_per_sequence(split, stride)
     sequence, slot = divmod(int(index), per_sequence)
-    span = SEQUENCE_LENGTH - 3
-    return sequence, 1 + (slot * span) // max(per_sequence - 1, 1)
+    span = SEQUENCE_LENGTH - 1 - 2 * stride
+    return sequence, stride + (slot * span) // max(per_sequence - 1, 1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -145,10 +167,12 @@ def render_sample(
     max_instances: int = 16,
     offsets: tuple[int, ...] | None = None,
     extras: bool = False,
+    stride: int = 1,
 ) -> dict:
     """Sample ``index`` of ``split`` as a dict of numpy arrays in the common format.
 
-    ``offsets`` defaults to (-1, 0, 1) for train and (-1, 0) otherwise.  With ``extras`` the dict
+    ``offsets`` defaults to (-1, 0, 1) for train and (-1, 0) otherwise, in units of ``stride``
+    frames (offset -1 is frame t - stride).  With ``extras`` the dict
     also holds ground truth beyond the common format: ``depth`` (F, H, W), ``object_map``
     (F, H, W) scene object index or -1, ``surface`` (F, H, W) surface kinds, ``world_T_cam``
     (F, 4, 4), ``cam_T_object`` (F, K, 4, 4) object-to-camera poses per slot,
@@ -161,9 +185,9 @@ def render_sample(
     offsets = tuple(default_offsets(split) if offsets is None else offsets)
     if 0 not in offsets or any(abs(o) > 1 for o in offsets):
         raise ValueError(f"synthetic: offsets must contain 0 and lie in [-1, 1], got {offsets}")
-    sequence, target_frame = locate(split, index)
+    sequence, target_frame = locate(split, index, stride)
     scene = scene_for(split, sequence, seed)
-    frames = [target_frame + o for o in offsets]
+    frames = [target_frame + o * stride for o in offsets]
     views = [
         render_frame(split, sequence, f, height=height, width=width, seed=seed) for f in frames
     ]
@@ -245,6 +269,7 @@ def synthetic_dataset(
     max_instances: int = 16,
     offsets: tuple[int, ...] | None = None,
     num_parallel_calls=None,
+    stride: int = 1,
 ):
     """Unbatched tf.data.Dataset of ``num_samples`` common-format samples (default split size).
 
@@ -273,6 +298,7 @@ def synthetic_dataset(
             seed=seed,
             max_instances=max_instances,
             offsets=offsets,
+            stride=stride,
         )
         return tuple(np.asarray(sample[key], signature[key][1]) for key in SAMPLE_KEYS)
 

@@ -18,7 +18,8 @@ volume (matching assumes a static world). On the embedded scenes that premise ca
 
     python -m mal_jax.studies.cost_volume_use --config=configs/ablation.py \
         --runs=start=/work/runs/converge/seed_0,control=... [--num_batches 10] \
-        [--num_samples 64] [--parallax_sizes 96x320,192x640] [--json PATH] [--markdown PATH]
+        [--num_samples 64] [--parallax_sizes 96x320,192x640] [--parallax_strides 2,3] \
+        [--json PATH] [--markdown PATH]
 """
 
 from __future__ import annotations
@@ -128,12 +129,14 @@ def parallax(depth: jax.Array, cam_T_cam: jax.Array, K: jax.Array, inv_K: jax.Ar
 
 
 def measure_parallax(size: tuple[int, int], bins: tuple[float, float], num_samples: int,
-                     max_instances: int, batch_size: int = 8) -> dict[str, float]:
+                     max_instances: int, stride: int = 1, batch_size: int = 8
+                     ) -> dict[str, float]:
     """Ground-truth parallax over the test split's pixels with depth, rendered at ``size``
-    (H, W): the fractions below one and half a matching pixel when depth doubles, its median,
-    and the fraction whose costs are flat (under one pixel) across ``bins``."""
+    (H, W) with frames ``stride`` apart: the fractions below one and half a matching pixel
+    when depth doubles, its median, and the fraction whose costs are flat (under one pixel)
+    across ``bins``."""
     doubled, across = [], []
-    render = dict(height=size[0], width=size[1], max_instances=max_instances)
+    render = dict(height=size[0], width=size[1], max_instances=max_instances, stride=stride)
     for batch, real in oracle.iter_batches("test", num_samples, batch_size, **render):
         depth = jnp.asarray(batch["depth_gt"])
         pose = frame(jnp.asarray(batch["cam_T_cam"]), LOOKUP_FRAME)
@@ -152,7 +155,8 @@ def measure_parallax(size: tuple[int, int], bins: tuple[float, float], num_sampl
 
 
 def run_study(config, runs: dict[str, str], num_batches: int, num_samples: int,
-              parallax_sizes: tuple[tuple[int, int], ...] = ()) -> dict:
+              parallax_sizes: tuple[tuple[int, int], ...] = (),
+              parallax_strides: tuple[int, ...] = ()) -> dict:
     """Every measurement for each ``{name: workdir}``; parallax over the first run's bins at
     the config's image size and at each of ``parallax_sizes`` (the same scenes rendered
     larger: the same motion in metres, more pixels)."""
@@ -167,11 +171,20 @@ def run_study(config, runs: dict[str, str], num_batches: int, num_samples: int,
         results["runs"][name] = {"workdir": workdir,
                                  "sensitivity": cost_volume_sensitivity(inference, evaluator),
                                  "trust": measure_trust(config, inference, num_batches)}
-    sizes = dict.fromkeys([(config.data.height, config.data.width), *parallax_sizes])
-    results["parallax"] = {f"{h}x{w}": measure_parallax((h, w), first_bins, num_samples,
-                                                       config.data.max_instances)
-                           for h, w in sizes}
+    size, stride = (config.data.height, config.data.width), config.data.frame_stride
+    settings = dict.fromkeys([(size, stride), *((other, stride) for other in parallax_sizes),
+                              *((size, other) for other in parallax_strides)])
+    results["parallax"] = {
+        parallax_name(*setting): measure_parallax(setting[0], first_bins, num_samples,
+                                                  config.data.max_instances, setting[1])
+        for setting in settings}
     return results
+
+
+def parallax_name(size: tuple[int, int], stride: int) -> str:
+    """``"64x192"``, or ``"64x192, frame stride 3"`` for frames more than one apart."""
+    name = f"{size[0]}x{size[1]}"
+    return name if stride == 1 else f"{name}, frame stride {stride}"
 
 
 def markdown(results: dict) -> str:
@@ -232,7 +245,9 @@ def main(argv):
     values = flags.FLAGS
     runs = parse_runs(values.runs)
     sizes = tuple(parse_size(size) for size in values.parallax_sizes)
-    results = run_study(values.config, runs, values.num_batches, values.num_samples, sizes)
+    strides = tuple(int(stride) for stride in values.parallax_strides)
+    results = run_study(values.config, runs, values.num_batches, values.num_samples, sizes,
+                        strides)
     table = markdown(results)
     if values.json:
         pathlib.Path(values.json).write_text(json.dumps(results, indent=1) + "\n")
@@ -250,6 +265,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_batches", 10, "training batches for the trust fractions")
     flags.DEFINE_integer("num_samples", 64, "test samples for the parallax")
     flags.DEFINE_list("parallax_sizes", [], "more image sizes for the parallax, e.g. 192x640")
+    flags.DEFINE_list("parallax_strides", [], "more frame strides for the parallax, e.g. 2,3")
     flags.DEFINE_string("json", "", "write the results here")
     flags.DEFINE_string("markdown", "", "write the table here")
     flags.mark_flags_as_required(["config", "runs"])

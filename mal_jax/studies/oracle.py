@@ -79,8 +79,10 @@ def load_triplets(
     width: int,
     seed: int = 0,
     max_instances: int = 16,
+    stride: int = 1,
 ) -> dict:
-    """Samples ``indices`` of ``split`` rendered as (-1, 0, +1) triplets, stacked on axis 0.
+    """Samples ``indices`` of ``split`` rendered as (-1, 0, +1) triplets (frames ``stride``
+    apart), stacked on axis 0.
 
     Keys: frames (B, 3, H, W, 3), depth_gt, moving_mask (B, H, W), cam_T_cam (B, 3, 4, 4),
     K, inv_K (B, 4, 4) at full resolution, instance_ids (B, 3, H, W), instance_class,
@@ -96,6 +98,7 @@ def load_triplets(
             max_instances=max_instances,
             offsets=OFFSETS,
             extras=True,
+            stride=stride,
         )
         for i in indices
     ]
