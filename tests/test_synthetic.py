@@ -285,6 +285,8 @@ def test_frame_stride_renders_frames_stride_apart():
     np.testing.assert_allclose(sample["cam_T_cam"][0], expected, atol=1e-5)
     with pytest.raises(ValueError, match=r"frame_stride must be an integer in \[1, 4\], got 5"):
         synthetic.render_sample("train", 0, stride=5, **SMALL)
+    with pytest.raises(ValueError, match=r"frame_stride must be an integer in \[1, 4\], got 0"):
+        synthetic.render_sample("test", 0, stride=0, **SMALL)
 
 
 def test_bad_arguments_raise_clear_errors():

@@ -102,6 +102,7 @@ def targets_per_sequence(split: str, stride: int = 1) -> int:
 def locate(split: str, index: int, stride: int = 1) -> tuple[int, int]:
     """(sequence, target frame) of sample ``index`` of ``split``, the target at least
     ``stride`` frames from either end of its sequence."""
+    stride = check_stride(stride)
     per_sequence = targets_per_sequence(split, stride)
     sequence, slot = divmod(int(index), per_sequence)
     span = SEQUENCE_LENGTH - 1 - 2 * stride
