@@ -93,17 +93,16 @@ def check_stride(stride: int) -> int:
 def targets_per_sequence(split: str, stride: int = 1) -> int:
     """Samples per sequence: every frame with both neighbours ``stride`` away for training,
     a few spread-out targets for evaluation."""
-    split = canonical_split(split)
+    split, stride = canonical_split(split), check_stride(stride)
     if split == "train":
-        return SEQUENCE_LENGTH - 2 * check_stride(stride)
+        return SEQUENCE_LENGTH - 2 * stride
     return TARGETS_PER_SEQUENCE[split]
 
 
 def locate(split: str, index: int, stride: int = 1) -> tuple[int, int]:
     """(sequence, target frame) of sample ``index`` of ``split``, the target at least
     ``stride`` frames from either end of its sequence."""
-    stride = check_stride(stride)
-    per_sequence = targets_per_sequence(split, stride)
+    per_sequence = targets_per_sequence(split, stride)  # checks the stride
     sequence, slot = divmod(int(index), per_sequence)
     span = SEQUENCE_LENGTH - 1 - 2 * stride
     return sequence, stride + (slot * span) // max(per_sequence - 1, 1)

@@ -42,7 +42,6 @@ from mal_jax.train import forward, step
 
 RANGE_FACTOR = 4.0  # the alternative cost-volume ranges: the run's, divided and multiplied by this
 MATCHING_SCALE = 4  # the cost volume is built at 1/4 of the image resolution (ManyDepth)
-LOOKUP_FRAME = -1  # ManyDepth's matching frame
 
 
 def variants(min_bin: float, max_bin: float) -> dict[str, tuple[float, float, bool]]:
@@ -139,7 +138,7 @@ def measure_parallax(size: tuple[int, int], bins: tuple[float, float], num_sampl
     render = dict(height=size[0], width=size[1], max_instances=max_instances, stride=stride)
     for batch, real in oracle.iter_batches("test", num_samples, batch_size, **render):
         depth = jnp.asarray(batch["depth_gt"])
-        pose = frame(jnp.asarray(batch["cam_T_cam"]), LOOKUP_FRAME)
+        pose = frame(jnp.asarray(batch["cam_T_cam"]), forward.LOOKUP_FRAMES[0])
         K, inv_K = jnp.asarray(batch["K"]), jnp.asarray(batch["inv_K"])
         valid = np.asarray(depth > 0)[:real]
         safe = jnp.where(depth > 0, depth, 1.0)
