@@ -4,6 +4,7 @@ each other."""
 
 import json
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -151,7 +152,8 @@ def tiny_ablation(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("ablation"))
     rows = (ablation_rows.ROWS[0], ablation_rows.ROWS[4])
     runs = ablation.run_ablation(config, workdir, rows)
-    return config, workdir, runs
+    yield config, workdir, runs
+    shutil.rmtree(workdir)  # ~5 GB of checkpoints (see tmp_path_retention_policy)
 
 
 def test_tiny_ablation_fine_tunes_the_shared_pretraining(tiny_ablation):

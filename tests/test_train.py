@@ -30,7 +30,8 @@ def trained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     run = trainer.Trainer(test_config.get_config(), workdir)
     state = run.run()
-    return workdir, state, run
+    yield workdir, state, run
+    shutil.rmtree(workdir)  # ~0.9 GB of checkpoints (see tmp_path_retention_policy)
 
 
 def _sharing_compiled_steps(reference: trainer.Trainer, config, workdir) -> trainer.Trainer:
