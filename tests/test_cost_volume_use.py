@@ -114,3 +114,11 @@ def test_sensitivity_tells_a_student_that_reads_its_cost_volume_from_one_that_do
     assert single["static_fallback_images"] == 3
     assert single["metrics"]["student"]["all"]["abs_rel"] == pytest.approx(
         reading["no lookup"]["student_all_abs_rel"])
+    # The study scores and compares one pass's predictions: the same as a separate pass.
+    assert "predictions" not in single
+    kept = evaluator.run(reads, without_lookup=True, keep_predictions=True)
+    assert kept["metrics"] == single["metrics"]
+    separate = evaluator.predictions(reads, without_lookup=True)
+    for name in evaluate.MODELS:
+        np.testing.assert_array_equal(kept["predictions"][name], separate[name])
+        assert kept["predictions"][name].shape == (3, HEIGHT, WIDTH)

@@ -216,6 +216,20 @@ def without_lookup_frame(batch: dict) -> dict:
     return {**batch, "frames": frames}
 
 
+def _kept_predictions(predictor: Callable[[dict], dict[str, np.ndarray]]):
+    """``predictor`` that also appends each batch's disparities to ``kept[model]``, and
+    ``kept``."""
+    kept = {model: [] for model in MODELS}
+
+    def predict(batch: dict) -> dict[str, np.ndarray]:
+        predictions = predictor(batch)
+        for model in MODELS:
+            kept[model].append(np.asarray(predictions[model]))
+        return predictions
+
+    return predict, kept
+
+
 class Evaluator:
     """Evaluation of ``config``'s test split, built once: the data source (its split and
     ground truth read here, so a bad file fails now), the preset and the batch size.
@@ -248,24 +262,29 @@ class Evaluator:
 
     def predictions(self, inference: InferenceModelLike, *,
                     without_lookup: bool = False) -> dict[str, np.ndarray]:
-        """``{model: (N, H, W) disparities}`` over the split, in its order."""
-        predict, out = self._predictor(inference), {model: [] for model in MODELS}
+        """``{model: (N, H, W) disparities}`` over the split, in its order (no scoring)."""
+        predict, kept = _kept_predictions(self._predictor(inference))
         for batch in self._batches(without_lookup):
-            for model, disparity in predict(batch).items():
-                out[model].append(disparity)
-        return {model: np.concatenate(parts) for model, parts in out.items()}
+            predict(batch)
+        return {model: np.concatenate(parts) for model, parts in kept.items()}
 
     def run(self, inference: InferenceModelLike, *, checkpoint: str = "",
-            without_lookup: bool = False) -> dict:
+            without_lookup: bool = False, keep_predictions: bool = False) -> dict:
         """Score ``inference`` on the split (progress with ETA on stderr); write nothing.
         ``without_lookup`` scores the student in ManyDepth's single-frame mode: every frame -1
-        dropped, so the student matches frame t against itself with a zero pose."""
+        dropped, so the student matches frame t against itself with a zero pose.
+        ``keep_predictions`` adds ``"predictions"``, as :meth:`predictions` gives them, from
+        the same pass (all of the split in memory: for studies, not for large splits)."""
         batches = track(self._batches(without_lookup),
                         math.ceil(self.source.num_samples / self.batch_size),
                         f"eval {self.protocol_name}")
-        results = evaluate_predictions(batches, self._predictor(inference), self.preset,
+        predict, kept = _kept_predictions(self._predictor(inference))
+        results = evaluate_predictions(batches, predict, self.preset,
                                        batch_size=self.batch_size,
                                        gt_shapes=self.source.depth_gt_shapes)
+        if keep_predictions:
+            results["predictions"] = {model: np.concatenate(parts)
+                                      for model, parts in kept.items()}
         preset = self.preset
         results.update(
             protocol=self.protocol_name,

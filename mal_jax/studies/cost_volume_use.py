@@ -62,14 +62,17 @@ def cost_volume_sensitivity(inference, evaluator: evaluate.Evaluator) -> dict:
     """How the student's test predictions change under each of :func:`variants`
     (``change``: :func:`log_change` against its own predictions), and its AbsRel (all and
     moving pixels) with its own range and without a lookup frame."""
-    own = evaluator.predictions(inference)["student"]
-    scores = {"own": evaluator.run(inference),
-              "no lookup": evaluator.run(inference, without_lookup=True)}
+    scores = {"own": evaluator.run(inference, keep_predictions=True)}
+    own = scores["own"].pop("predictions")["student"]
     rows = {}
     for name, (low, high, without_lookup) in variants(inference.min_depth_bin,
                                                       inference.max_depth_bin).items():
         varied = dataclasses.replace(inference, min_depth_bin=low, max_depth_bin=high)
-        student = evaluator.predictions(varied, without_lookup=without_lookup)["student"]
+        if without_lookup:  # scored too: one pass gives its predictions and its AbsRel
+            scores[name] = evaluator.run(varied, without_lookup=True, keep_predictions=True)
+            student = scores[name].pop("predictions")["student"]
+        else:
+            student = evaluator.predictions(varied)["student"]
         rows[name] = {"bins": [float(low), float(high)], "change": log_change(student, own)}
     for name, results in scores.items():
         student = results["metrics"]["student"]
