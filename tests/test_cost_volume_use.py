@@ -11,7 +11,7 @@ import pytest
 from model_variables import random_variables
 
 from configs.default import get_config
-from mal_jax.eval import evaluate
+from mal_jax.eval import evaluate, presets
 from mal_jax.models.manydepth import ManyDepth
 from mal_jax.studies import cost_volume_use
 from mal_jax.train.checkpointing import InferenceModel
@@ -47,6 +47,38 @@ def test_trust_fractions_hand_computed():
                "consistency_mask": jnp.asarray([1.0, 0.0, 0.0, 0.0]).reshape(1, 2, 2, 1)}
     fractions = cost_volume_use.trust_fractions(outputs)
     assert fractions == pytest.approx({"confidence": 0.75, "agreement": 0.5, "trusted": 0.25})
+
+
+def test_depth_accuracy_is_median_scaled_against_the_ground_truth():
+    depth_gt = jnp.full((1, 2, 4), 10.0)
+    # The teacher is the ground truth x3 (median scaling removes it); the student is right on
+    # 6 of 8 pixels and 2x too far on 2 (median 10 m: no rescaling), AbsRel 2/8, a1 6/8;
+    # the arg-min is 1.2x too near on every pixel before scaling, exact after.
+    student = jnp.asarray([10.0, 10.0, 20.0, 10.0, 10.0, 20.0, 10.0, 10.0]).reshape(1, 2, 4, 1)
+    outputs = {"teacher_depth": {0: 3.0 * depth_gt[..., None]},
+               "student_depth": {0: student},
+               "lowest_cost": 1.0 / (depth_gt[..., None] / 1.2)}
+    scores = cost_volume_use.depth_accuracy(outputs, depth_gt, presets.SYNTHETIC)
+    assert scores == pytest.approx({"matching_abs_rel": 0.0, "matching_a1": 1.0,
+                                    "teacher_abs_rel": 0.0, "teacher_a1": 1.0,
+                                    "student_abs_rel": 0.25, "student_a1": 0.75}, abs=1e-6)
+
+
+def test_patch_matching_finds_a_plane_from_a_sideways_move():
+    # A textured plane at 5 m; the camera moves 1 m sideways, so with fx = 40 px the lookup
+    # frame is the current one shifted right by fx * t / d = 8 px (2 matching pixels).
+    height, width, depth = HEIGHT, WIDTH, 5.0
+    texture = np.random.default_rng(0).uniform(size=(1, height, width, 3)).astype(np.float32)
+    lookup = np.roll(texture, 8, axis=2) + 1e-3  # no exact zero cost (it reads as "missing")
+    K, _ = intrinsics(40.0)
+    pose = jnp.eye(4)[None].at[0, 0, 3].set(1.0)
+    bins = jnp.linspace(1.0, 20.0, 20)  # 1, 2, ..., 20 m
+    disparity = cost_volume_use.patch_matching(jnp.asarray(texture), jnp.asarray(lookup), pose,
+                                               K, bins)
+    assert disparity.shape == (1, height // 4, width // 4)
+    # Away from the ignored border (matching.BORDER_MARGIN) and the edge np.roll wrapped.
+    inside = np.asarray(disparity)[0, 3:-2, 2:-3]
+    np.testing.assert_allclose(1.0 / inside, depth, rtol=1e-5)
 
 
 def test_variants_divide_and_multiply_the_range_or_drop_the_lookup_frame():

@@ -11,6 +11,10 @@ volume (matching assumes a static world). On the embedded scenes that premise ca
   teacher's (``agreement``), and where the student's reprojection loss applies (``trusted``,
   their product). Everywhere else ManyDepth trains the student by its consistency loss: an L1
   to the teacher's depth, in metres.
+* **depth in the cost volume**: on the same batches, the median-scaled AbsRel and a1 against
+  the ground truth (the evaluation's protocol) of the cost volume's arg-min depth, of the
+  teacher's and of the student's depth. An arg-min that beats the teacher holds depth the
+  student could read; if the student then matches the teacher, not the arg-min, it does not.
 * **parallax** (oracle, no network): with ground-truth depth and camera motion, how far (in
   pixels of the 1/4-resolution matching grid) a frame-t pixel moves in the lookup frame t-1
   when its depth doubles. Below one pixel the cost volume cannot tell d from 2d there; and
@@ -36,7 +40,8 @@ import numpy as np
 from mal_jax.core import geometry, losses, network_losses
 from mal_jax.core.frames import frame
 from mal_jax.data import pipeline, registry
-from mal_jax.eval import evaluate
+from mal_jax.eval import evaluate, presets
+from mal_jax.models import matching
 from mal_jax.studies import oracle
 from mal_jax.train import forward, step
 
@@ -92,11 +97,27 @@ def trust_fractions(outputs: dict) -> dict[str, float]:
             "trusted": float(jnp.mean(outputs["consistency_mask"]))}
 
 
+def depth_accuracy(outputs: dict, depth_gt, protocol) -> dict[str, float]:
+    """``<depth>_abs_rel`` and ``<depth>_a1`` (batch means, median-scaled per image under the
+    evaluation ``protocol``) of the cost volume's arg-min depth (``matching``), the teacher's
+    and the student's scale-0 depth, against ``depth_gt`` (B, H, W)."""
+    disparities = {"matching": outputs["lowest_cost"][..., 0],
+                   "teacher": 1.0 / outputs["teacher_depth"][0][..., 0],
+                   "student": 1.0 / outputs["student_depth"][0][..., 0]}
+    scores = {}
+    for name, disparity in disparities.items():
+        errors = evaluate.score_depth(jnp.asarray(depth_gt), disparity, protocol)[0]["all"]
+        scores[f"{name}_abs_rel"] = float(jnp.mean(errors["abs_rel"]))
+        scores[f"{name}_a1"] = float(jnp.mean(errors["a1"]))
+    return scores
+
+
 def measure_trust(config, inference, num_batches: int, seed: int = 0) -> dict[str, float]:
-    """Mean :func:`trust_fractions` over ``num_batches`` training batches of ``config``, and
-    the student's scale-0 loss terms there: ``reproj_loss`` (over the trusted pixels) and
-    ``consistency_loss`` (metres, averaged over all pixels)."""
+    """Mean :func:`trust_fractions` and :func:`depth_accuracy` over ``num_batches`` training
+    batches of ``config``, and the student's scale-0 loss terms there: ``reproj_loss`` (over
+    the trusted pixels) and ``consistency_loss`` (metres, averaged over all pixels)."""
     settings = step.step_settings(config, steps_per_epoch=1).loss
+    protocol = presets.get_preset(config.evaluation.protocol).protocol
     source = registry.train_source(config)
     batches = pipeline.train_batches(source, batch_size=config.training.batch_size, seed=seed)
 
@@ -114,6 +135,7 @@ def measure_trust(config, inference, num_batches: int, seed: int = 0) -> dict[st
                                   jnp.float32(inference.min_depth_bin),
                                   jnp.float32(inference.max_depth_bin))
         totals.append({**trust_fractions(outputs),
+                       **depth_accuracy(outputs, batch["depth_gt"], protocol),
                        **{f"student_{name}": float(value) for name, value in parts.items()}})
     return {key: float(np.mean([t[key] for t in totals])) for key in totals[0]}
 
@@ -130,14 +152,40 @@ def parallax(depth: jax.Array, cam_T_cam: jax.Array, K: jax.Array, inv_K: jax.Ar
     return jnp.linalg.norm((near - far) * to_pixels, axis=-1) / MATCHING_SCALE
 
 
+def image_patches(image: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H/s, W/s, s*s*C), s = ``MATCHING_SCALE``: every matching-grid cell's
+    pixels as one feature vector."""
+    batch, height, width, channels = image.shape
+    scale = MATCHING_SCALE
+    cells = image.reshape(batch, height // scale, scale, width // scale, scale, channels)
+    return cells.transpose(0, 1, 3, 2, 4, 5).reshape(
+        batch, height // scale, width // scale, scale * scale * channels)
+
+
+def patch_matching(current: jax.Array, lookup: jax.Array, cam_T_cam: jax.Array, K: jax.Array,
+                   bins: jax.Array) -> jax.Array:
+    """ManyDepth's plane sweep on image patches (:func:`image_patches`) instead of learned
+    features, with the given (true) pose: the lowest-cost disparity (B, H/s, W/s). What the
+    frames let a cost volume see at this size and motion, whatever the network learns.
+    ``current``, ``lookup`` (B, H, W, 3); ``cam_T_cam`` (B, 4, 4) from frame t's camera to the
+    lookup frame's; ``K`` (B, 4, 4) at full resolution."""
+    rows = jnp.asarray([1.0 / MATCHING_SCALE, 1.0 / MATCHING_SCALE, 1.0, 1.0])[None, :, None]
+    grid_K = K * rows
+    return matching.cost_volume(image_patches(current), image_patches(lookup)[:, None],
+                                cam_T_cam[:, None], grid_K, jnp.linalg.inv(grid_K), bins)[2]
+
+
 def measure_parallax(size: tuple[int, int], bins: tuple[float, float], num_samples: int,
-                     max_instances: int, stride: int = 1, batch_size: int = 8
-                     ) -> dict[str, float]:
+                     max_instances: int, stride: int = 1, batch_size: int = 8,
+                     num_bins: int = 32) -> dict[str, float]:
     """Ground-truth parallax over the test split's pixels with depth, rendered at ``size``
     (H, W) with frames ``stride`` apart: the fractions below one and half a matching pixel
     when depth doubles, its median, and the fraction whose costs are flat (under one pixel)
-    across ``bins``."""
-    doubled, across = [], []
+    across ``bins``; and the median-scaled AbsRel and a1 of :func:`patch_matching` over
+    ``num_bins`` bins spanning ``bins``."""
+    doubled, across, patch_scores = [], [], []
+    sweep = jax.jit(patch_matching)
+    hypotheses = matching.depth_bins(jnp.float32(bins[0]), jnp.float32(bins[1]), num_bins)
     render = dict(height=size[0], width=size[1], max_instances=max_instances, stride=stride)
     for batch, real in oracle.iter_batches("test", num_samples, batch_size, **render):
         depth = jnp.asarray(batch["depth_gt"])
@@ -148,12 +196,20 @@ def measure_parallax(size: tuple[int, int], bins: tuple[float, float], num_sampl
         doubled.append(np.asarray(parallax(safe, pose, K, inv_K, 2.0 * safe))[:real][valid])
         low, high = (jnp.full_like(safe, b) for b in bins)
         across.append(np.asarray(parallax(low, pose, K, inv_K, high))[:real][valid])
+        frames = jnp.asarray(batch["frames"])
+        lowest = sweep(frame(frames, 0), frame(frames, forward.LOOKUP_FRAMES[0]), pose, K,
+                       hypotheses)
+        errors = evaluate.score_depth(depth, lowest, presets.SYNTHETIC)[0]["all"]
+        patch_scores.append({name: np.asarray(errors[name])[:real] for name in ("abs_rel", "a1")})
     doubled, across = np.concatenate(doubled), np.concatenate(across)
+    patches = {name: float(np.mean(np.concatenate([p[name] for p in patch_scores])))
+               for name in ("abs_rel", "a1")}
     return {"depth_doubling_below_1px": float(np.mean(doubled < 1.0)),
             "depth_doubling_below_half_px": float(np.mean(doubled < 0.5)),
             "depth_doubling_median_px": float(np.median(doubled)),
             "flat_across_bins": float(np.mean(across < 1.0)),
-            "bins": [float(b) for b in bins], "num_pixels": int(doubled.size)}
+            "bins": [float(b) for b in bins], "num_pixels": int(doubled.size),
+            "patch_matching_abs_rel": patches["abs_rel"], "patch_matching_a1": patches["a1"]}
 
 
 def run_study(config, runs: dict[str, str], num_batches: int, num_samples: int,
@@ -178,7 +234,8 @@ def run_study(config, runs: dict[str, str], num_batches: int, num_samples: int,
                               *((size, other) for other in parallax_strides)])
     results["parallax"] = {
         parallax_name(*setting): measure_parallax(setting[0], first_bins, num_samples,
-                                                  config.data.max_instances, setting[1])
+                                                  config.data.max_instances, setting[1],
+                                                  num_bins=config.model.num_depth_bins)
         for setting in settings}
     return results
 
@@ -205,6 +262,15 @@ def markdown(results: dict) -> str:
         cells += [f"{trust[key]:.3f}" for key in ("student_reproj_loss",
                                                    "student_consistency_loss")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Depth on the training batches (median-scaled against the ground truth): "
+              "the cost volume's arg-min, the teacher, the student.", "",
+              "| run | arg-min AbsRel | arg-min a1 | teacher AbsRel | teacher a1 "
+              "| student AbsRel | student a1 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, run in results["runs"].items():
+        trust = run["trust"]
+        cells = [f"{trust[f'{depth}_{metric}']:.3f}"
+                 for depth in ("matching", "teacher", "student") for metric in ("abs_rel", "a1")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     for size, p in results["parallax"].items():
         lines.append(f"Parallax at {size} (ground truth, {p['num_pixels']} test pixels): "
@@ -212,7 +278,9 @@ def markdown(results: dict) -> str:
                      f"{p['depth_doubling_below_1px']:.0%} of pixels (< 0.5 px: "
                      f"{p['depth_doubling_below_half_px']:.0%}; median "
                      f"{p['depth_doubling_median_px']:.2f} px); costs flat across "
-                     f"{p['bins'][0]:.1f}-{p['bins'][1]:.1f} m for {p['flat_across_bins']:.0%}.")
+                     f"{p['bins'][0]:.1f}-{p['bins'][1]:.1f} m for {p['flat_across_bins']:.0%}; "
+                     f"the plane sweep on image patches with the true pose: AbsRel "
+                     f"{p['patch_matching_abs_rel']:.3f}, a1 {p['patch_matching_a1']:.3f}.")
     return "\n".join(lines)
 
 
