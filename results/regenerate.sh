@@ -50,3 +50,23 @@ python -m mal_jax.studies.cost_volume_use --config=configs/ablation.py \
   --runs="start_seed0=${start}0,start_seed1=${start}1,control_seed0=$row/baseline_scale0/seed_0,control_seed1=$row/baseline_scale0/seed_1,temporal_seed0=$row/temporal/seed_0,temporal_seed1=$row/temporal/seed_1,mal_seed0=$row/mal/seed_0,mal_seed1=$row/mal/seed_1,mal_student_hints_seed0=$row/mal_student_hints/seed_0,mal_student_hints_seed1=$row/mal_student_hints/seed_1" \
   --parallax_sizes 96x320,192x640 --parallax_strides 2,3 --json results/cost_volume_use.json \
   --markdown results/cost_volume_use.md
+
+# Pilot for #10: frames 4 apart (data.frame_stride=4: the parallax of 192x640 at 64x192), one
+# seed from random weights, and consecutive frames with the same seed and steps. Does the
+# student read its cost volume then? Studied at step 1100 (both), then stride 4 at step 2200.
+# The pose prior is per frame interval: 4 frames at ~1 m per frame.
+pilot() {  # pilot STRIDE EPOCHS [STUDY FLAGS]: train (resumes) to EPOCHS x 1100 steps, study it
+  local stride=$1 epochs=$2 out=results/stride_pilot/stride$1
+  shift 2
+  python -m mal_jax.studies.converge --config=configs/converge.py \
+    --config.data.frame_stride="$stride" --config.model.init_forward_motion="$stride.0" \
+    --config.converge.seeds="(0,)" --config.training.num_epochs="$epochs" \
+    --workdir="$runs/pilot_stride$stride" --results_dir="$out"
+  python -m mal_jax.studies.cost_volume_use --config=configs/converge.py \
+    --config.data.frame_stride="$stride" --runs="stride${stride}_step$((epochs * 1100))=$runs/pilot_stride$stride/seed_0" \
+    --json "$out/cost_volume_use_step$((epochs * 1100)).json" \
+    --markdown "$out/cost_volume_use_step$((epochs * 1100)).md" "$@"
+}
+pilot 1 1 --parallax_sizes 96x320,192x640 --parallax_strides 2,4
+pilot 4 1
+pilot 4 2
