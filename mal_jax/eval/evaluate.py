@@ -278,11 +278,13 @@ class Evaluator:
         batches = track(self._batches(without_lookup),
                         math.ceil(self.source.num_samples / self.batch_size),
                         f"eval {self.protocol_name}")
-        predict, kept = _kept_predictions(self._predictor(inference))
+        predict, kept = self._predictor(inference), None
+        if keep_predictions:  # otherwise nothing is held: a KITTI split's would be ~0.7 GB
+            predict, kept = _kept_predictions(predict)
         results = evaluate_predictions(batches, predict, self.preset,
                                        batch_size=self.batch_size,
                                        gt_shapes=self.source.depth_gt_shapes)
-        if keep_predictions:
+        if kept is not None:
             results["predictions"] = {model: np.concatenate(parts)
                                       for model, parts in kept.items()}
         preset = self.preset

@@ -18,7 +18,9 @@ volume (matching assumes a static world). On the embedded scenes that premise ca
 * **parallax** (oracle, no network): with ground-truth depth and camera motion, how far (in
   pixels of the 1/4-resolution matching grid) a frame-t pixel moves in the lookup frame t-1
   when its depth doubles. Below one pixel the cost volume cannot tell d from 2d there; and
-  between the run's nearest and farthest bin, below one pixel its costs are flat.
+  between the run's nearest and farthest bin, below one pixel its costs are flat. With it,
+  ManyDepth's plane sweep run on raw pixel patches with the true pose (``patch_matching``):
+  how much depth the frames let any cost volume find at this size and motion.
 
     python -m mal_jax.studies.cost_volume_use --config=configs/ablation.py \
         --runs=start=/work/runs/converge/seed_0,control=... [--num_batches 10] \
