@@ -81,6 +81,27 @@ def test_patch_matching_finds_a_plane_from_a_sideways_move():
     np.testing.assert_allclose(1.0 / inside, depth, rtol=1e-5)
 
 
+def test_patch_sweep_scored_per_parallax_class_hand_computed():
+    """One 4x8 image = two matching cells, both swept to 2 m; the truth is 2 m on the left
+    (first row without truth) and 5 m on the right, whose parallax classes are 0.3 and 1.5 px
+    per depth doubling; only pixels with their truth inside the bins are scored."""
+    disparity = np.array([[[0.5, 0.5]]], np.float32)  # (1, 1, 2): 2 m in both cells
+    depth = np.zeros((1, 4, 8), np.float32)
+    depth[0, :, :4], depth[0, :, 4:] = 2.0, 5.0
+    depth[0, 0, :4] = 0.0  # no ground truth on the first row's left half
+    doubling = np.where(np.arange(8) < 4, 0.3, 1.5)[None, None].repeat(4, 1)
+    counts, hits = cost_volume_use.within_125_by_parallax(disparity, depth, doubling, (1.0, 9.0))
+    # 12 valid left pixels at 2 m, 16 right at 5 m: median 5 m -> scale 2.5, every pixel
+    # predicted 5 m: left 2.5x off, right exact.
+    np.testing.assert_array_equal(counts, [12, 0, 16, 0])
+    np.testing.assert_array_equal(hits, [0, 0, 16, 0])
+    # Bins from 3 m: the left pixels' 2 m lies outside, so they are not scored (the scale is
+    # still taken over every pixel, as the evaluation's).
+    counts, hits = cost_volume_use.within_125_by_parallax(disparity, depth, doubling, (3.0, 9.0))
+    np.testing.assert_array_equal(counts, [0, 0, 16, 0])
+    np.testing.assert_array_equal(hits, [0, 0, 16, 0])
+
+
 def test_variants_divide_and_multiply_the_range_or_drop_the_lookup_frame():
     assert cost_volume_use.variants(2.0, 40.0) == {
         "/4": (0.5, 10.0, False), "x4": (8.0, 160.0, False), "no lookup": (2.0, 40.0, True)}

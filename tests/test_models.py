@@ -113,6 +113,66 @@ def test_torch_batchnorm_semantics_hand_computed():
     np.testing.assert_allclose(evaluated.ravel(), expected, rtol=1e-6)
 
 
+def test_grouped_batchnorm_equals_separate_calls_in_update_order():
+    """Two interleaved groups with update order (0, 1, 0) = torch calls on group 0, group 1,
+    group 0: each group normalised with its own statistics, running averages updated thrice."""
+    rng = np.random.default_rng(0)
+    group0 = jnp.asarray(rng.normal(1.0, 2.0, (3, 4, 5, 6)), jnp.float32)
+    group1 = jnp.asarray(rng.normal(-2.0, 0.5, (3, 4, 5, 6)), jnp.float32)
+    interleaved = jnp.stack([group0, group1], axis=1).reshape(6, 4, 5, 6)
+    single = TorchBatchNorm()
+    variables = single.init(jax.random.key(0), group0, train=True)
+    outputs, state = [], variables
+    for group in (group0, group1, group0):
+        out, updates = single.apply(state, group, train=True, mutable=["batch_stats"])
+        outputs.append(out)
+        state = {**state, **updates}
+    grouped = TorchBatchNorm(update_order=(0, 1, 0))
+    out, updates = grouped.apply(variables, interleaved, train=True, mutable=["batch_stats"])
+    out = out.reshape(3, 2, 4, 5, 6)
+    np.testing.assert_allclose(out[:, 0], outputs[0], atol=1e-5)
+    np.testing.assert_allclose(out[:, 1], outputs[1], atol=1e-5)
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(updates["batch_stats"][name], state["batch_stats"][name],
+                                   rtol=1e-5)
+    # The statistics really are per group: one group's statistics would normalise differently.
+    assert not np.allclose(out[:, 1], single.apply(variables, interleaved, train=True,
+                                                   mutable=["batch_stats"])[0][1::2], atol=1e-2)
+
+
+def test_batched_pose_pairs_equal_separate_pose_calls(variables):
+    """ManyDepth.poses: two pairs in one pass, training mode = the two single-pair calls,
+    outputs, gradients and BatchNorm statistics (applied in the calls' order)."""
+    model = ManyDepth()
+    rng = np.random.default_rng(1)
+    frames = [jnp.asarray(rng.uniform(size=(2, 64, 96, 3)), jnp.float32) for _ in range(3)]
+    pairs = [(frames[0], frames[1]), (frames[1], frames[2])]
+
+    def separate(params):
+        state, translations = {**variables, "params": params}, []
+        for pair in pairs:
+            (_, translation), stats = model.pose(state, *pair, train=True)
+            state = {**state, "batch_stats": {**state["batch_stats"], "pose_encoder": stats}}
+            translations.append(translation)
+        return jnp.sum(jnp.stack(translations) ** 2), (translations, state["batch_stats"])
+
+    def batched(params):
+        poses, stats = model.poses({**variables, "params": params}, pairs, train=True)
+        translations = [translation for _, translation in poses]
+        return jnp.sum(jnp.stack(translations) ** 2), (translations, stats)
+
+    (_, (want, want_stats)), want_grad = jax.value_and_grad(separate, has_aux=True)(
+        variables["params"])
+    (_, (got, got_stats)), got_grad = jax.value_and_grad(batched, has_aux=True)(
+        variables["params"])
+    np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(got_stats, want_stats["pose_encoder"], rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(got_grad["pose_encoder"], want_grad["pose_encoder"],
+                                rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="update_order"):
+        model.poses(variables, pairs, train=True, update_order=(0, 0))
+
+
 def test_missing_lookup_frame_gives_zero_confidence(variables):
     model = ManyDepth()
     image = jax.random.uniform(jax.random.key(2), (1, 64, 96, 3))

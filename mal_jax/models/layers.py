@@ -24,10 +24,17 @@ class TorchBatchNorm(nn.Module):
     BatchNorm cannot, and drifts by a few percent from converted checkpoints within a few steps.
     Statistics are reduced over every axis but the last, so under ``jit`` with a sharded batch
     they cover the global batch.
+
+    ``update_order`` runs several of torch's calls as one: the batch interleaves
+    ``max(update_order) + 1`` groups (sample ``n`` of group ``g`` at row ``n * groups + g``, so
+    a batch sharded by sample keeps each sample's groups on one device), each normalised with
+    its own statistics, which then update the running averages in this order, as separate
+    torch calls on each group, in that order, would. ``(0,)``: one group, one call.
     """
 
     momentum: float = TORCH_BN_MOMENTUM
     epsilon: float = TORCH_BN_EPS
+    update_order: tuple[int, ...] = (0,)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -40,21 +47,25 @@ class TorchBatchNorm(nn.Module):
         # Statistics in float32 at least: also when the network computes in bfloat16, and in
         # float64 when it computes in float64 (the float64 checks).
         x = x.astype(jnp.promote_types(compute_dtype, jnp.float32))
-        if train:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - mean), axis=axes)
-            count = x.size // features
-            # Flax runs `init` in training mode too; statistics must not move then.
-            if not self.is_initializing():
-                unbiased = var * (count / max(count - 1, 1))
-                keep = 1 - self.momentum
-                running_mean.value = keep * running_mean.value + self.momentum * mean
-                running_var.value = keep * running_var.value + self.momentum * unbiased
-        else:
-            mean, var = running_mean.value, running_var.value
+        if not train:
+            inv = scale * jnp.reciprocal(jnp.sqrt(running_var.value + self.epsilon))
+            return ((x - running_mean.value) * inv + bias).astype(compute_dtype)
+        groups = max(self.update_order) + 1
+        grouped = x.reshape((x.shape[0] // groups, groups) + x.shape[1:])
+        axes = (0,) + tuple(range(2, grouped.ndim - 1))
+        mean = jnp.mean(grouped, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(grouped - mean), axis=axes, keepdims=True)
+        # Flax runs `init` in training mode too; statistics must not move then.
+        if not self.is_initializing():
+            count = grouped.size // (features * groups)
+            unbiased = var.reshape(groups, features) * (count / max(count - 1, 1))
+            keep = 1 - self.momentum
+            for group in self.update_order:
+                running_mean.value = (keep * running_mean.value
+                                      + self.momentum * mean.reshape(groups, features)[group])
+                running_var.value = keep * running_var.value + self.momentum * unbiased[group]
         inv = scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))
-        return ((x - mean) * inv + bias).astype(compute_dtype)
+        return ((grouped - mean) * inv + bias).reshape(x.shape).astype(compute_dtype)
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, use_bias: bool = True,

@@ -148,11 +148,32 @@ class ManyDepth:
 
     def pose(self, variables, frame_before, frame_after, train: bool):
         """Pose of the pair (earlier frame, later frame): axis-angle and translation (B, 3)."""
-        feats, stats = self._apply(self.pose_encoder, variables, "pose_encoder", train,
-                                   jnp.concatenate([frame_before, frame_after], axis=-1))
-        axisangle, translation = self._run(
+        poses, stats = self.poses(variables, [(frame_before, frame_after)], train)
+        return poses[0], stats
+
+    def poses(self, variables, pairs, train: bool, update_order: tuple[int, ...] | None = None):
+        """Poses of several (earlier, later) frame pairs from one pass of the pose network.
+
+        The pairs run as one batch, sample-major (larger convolutions: on a 2-core CPU two
+        pairs at batch 4 take 0.41 s forward+backward as one batch against 0.53 s as two),
+        with BatchNorm normalising each pair with its own statistics and updating its running
+        averages in ``update_order`` (default: each pair once, in order), exactly as separate
+        reference calls in that order. Returns ``([(axisangle, translation)] per pair, stats)``.
+        """
+        groups = len(pairs)
+        update_order = tuple(range(groups)) if update_order is None else tuple(update_order)
+        if sorted(set(update_order)) != list(range(groups)):
+            raise ValueError(f"ManyDepth.poses: update_order {update_order} must name each of "
+                             f"the {groups} pairs at least once")
+        stacked = jnp.stack([jnp.concatenate(pair, axis=-1) for pair in pairs], axis=1)
+        batch = stacked.shape[0]
+        encoder = ResnetEncoder(18, 2, update_order)
+        feats, stats = self._apply(encoder, variables, "pose_encoder", train,
+                                   stacked.reshape((batch * groups,) + stacked.shape[2:]))
+        outputs = self._run(
             self.pose_decoder, {"params": variables["params"]["pose_decoder"]}, feats[-1])
-        return (axisangle, translation), stats
+        per_pair = [out.reshape((batch, groups) + out.shape[1:]) for out in outputs]
+        return [tuple(out[:, group] for out in per_pair) for group in range(groups)], stats
 
     def teacher(self, variables, image, train: bool):
         """The teacher's (single-frame) disparities ``{scale: (B, h, w, 1)}`` and features."""

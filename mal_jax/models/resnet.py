@@ -29,14 +29,15 @@ class BasicBlock(nn.Module):
 
     features: int
     stride: int = 1
+    update_order: tuple[int, ...] = (0,)  # TorchBatchNorm's
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         out = conv(self.features, 3, self.stride, 1, use_bias=False, name="conv1")(x)
-        out = nn.relu(TorchBatchNorm(name="bn1")(out, train))
+        out = nn.relu(TorchBatchNorm(update_order=self.update_order, name="bn1")(out, train))
         out = conv(self.features, 3, 1, 1, use_bias=False, name="conv2")(out)
-        out = TorchBatchNorm(name="bn2")(out, train)
+        out = TorchBatchNorm(update_order=self.update_order, name="bn2")(out, train)
         return nn.relu(out + _shortcut(self, x, self.features, train))
 
 
@@ -45,16 +46,17 @@ class Bottleneck(nn.Module):
 
     features: int
     stride: int = 1
+    update_order: tuple[int, ...] = (0,)  # TorchBatchNorm's
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         out = conv(self.features, 1, use_bias=False, name="conv1")(x)
-        out = nn.relu(TorchBatchNorm(name="bn1")(out, train))
+        out = nn.relu(TorchBatchNorm(update_order=self.update_order, name="bn1")(out, train))
         out = conv(self.features, 3, self.stride, 1, use_bias=False, name="conv2")(out)
-        out = nn.relu(TorchBatchNorm(name="bn2")(out, train))
+        out = nn.relu(TorchBatchNorm(update_order=self.update_order, name="bn2")(out, train))
         out = conv(self.features * 4, 1, use_bias=False, name="conv3")(out)
-        out = TorchBatchNorm(name="bn3")(out, train)
+        out = TorchBatchNorm(update_order=self.update_order, name="bn3")(out, train)
         return nn.relu(out + _shortcut(self, x, self.features * 4, train))
 
 
@@ -66,7 +68,7 @@ def _shortcut(block: nn.Module, x: jnp.ndarray, out_features: int, train: bool) 
     if block.stride == 1 and x.shape[-1] == out_features:
         return x
     out = conv(out_features, 1, block.stride, use_bias=False, name="downsample_conv")(x)
-    return TorchBatchNorm(name="downsample_bn")(out, train)
+    return TorchBatchNorm(update_order=block.update_order, name="downsample_bn")(out, train)
 
 
 class ResNetStage(nn.Module):
@@ -76,32 +78,38 @@ class ResNetStage(nn.Module):
     features: int
     blocks: int
     stride: int
+    update_order: tuple[int, ...] = (0,)  # TorchBatchNorm's
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         block = Bottleneck if self.num_layers == 50 else BasicBlock
         for index in range(self.blocks):
-            x = block(self.features, self.stride if index == 0 else 1, name=str(index))(x, train)
+            x = block(self.features, self.stride if index == 0 else 1, self.update_order,
+                      name=str(index))(x, train)
         return x
 
 
 class ResNetStem(nn.Module):
     """conv1 (7x7, stride 2) + bn1 + ReLU: the 1/2-resolution feature."""
 
+    update_order: tuple[int, ...] = (0,)  # TorchBatchNorm's
+
     @nn.compact
     def __call__(self, image: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = conv(64, 7, 2, 3, use_bias=False, name="conv1")(image)
-        return nn.relu(TorchBatchNorm(name="bn1")(x, train))
+        return nn.relu(TorchBatchNorm(update_order=self.update_order, name="bn1")(x, train))
 
 
 class ResnetEncoder(nn.Module):
     """ResNet encoder returning five features; ``num_input_images`` frames stacked on channels.
 
-    The pose network uses ``num_input_images=2`` (6 input channels).
+    The pose network uses ``num_input_images=2`` (6 input channels). ``update_order``: the
+    batch holds interleaved groups that BatchNorm treats as separate calls (TorchBatchNorm).
     """
 
     num_layers: int = 18
     num_input_images: int = 1
+    update_order: tuple[int, ...] = (0,)
 
     @nn.compact
     def __call__(self, image: jnp.ndarray, train: bool) -> list[jnp.ndarray]:
@@ -109,10 +117,10 @@ class ResnetEncoder(nn.Module):
         if image.shape[-1] != expected:
             raise ValueError(f"ResnetEncoder expects {expected} input channels, got {image.shape}")
         stages = RESNET_STAGES[self.num_layers]
-        features = [ResNetStem(name="stem")(imagenet_normalise(image), train)]
+        features = [ResNetStem(self.update_order, name="stem")(imagenet_normalise(image), train)]
         x = max_pool(features[0])
         for index, (blocks, width) in enumerate(zip(stages, (64, 128, 256, 512), strict=True)):
             x = ResNetStage(self.num_layers, width, blocks, 1 if index == 0 else 2,
-                            name=f"layer{index + 1}")(x, train)
+                            self.update_order, name=f"layer{index + 1}")(x, train)
             features.append(x)
         return features

@@ -49,6 +49,8 @@ from mal_jax.train import forward, step
 
 RANGE_FACTOR = 4.0  # the alternative cost-volume ranges: the run's, divided and multiplied by this
 MATCHING_SCALE = 4  # the cost volume is built at 1/4 of the image resolution (ManyDepth)
+# Edges (matching pixels per depth doubling) of the parallax classes the patch sweep is scored in.
+PARALLAX_EDGES = (0.0, 0.5, 1.0, 2.0, float("inf"))
 
 
 def variants(min_bin: float, max_bin: float) -> dict[str, tuple[float, float, bool]]:
@@ -177,15 +179,38 @@ def patch_matching(current: jax.Array, lookup: jax.Array, cam_T_cam: jax.Array, 
                                 cam_T_cam[:, None], grid_K, jnp.linalg.inv(grid_K), bins)[2]
 
 
+def within_125_by_parallax(disparity: np.ndarray, depth: np.ndarray, doubling: np.ndarray,
+                           bins: tuple[float, float]):
+    """Per image, the patch sweep's arg-min ``disparity`` (B, H/s, W/s) repeated to the pixel
+    grid and median-scaled to ``depth`` (B, H, W; 0 = none) as the evaluation scales: (count,
+    pixels within 1.25x) of the pixels whose true depth lies inside ``bins`` (the sweep's
+    nearest and farthest plane: outside, no plane can be right), in each class of ``doubling``
+    (B, H, W), the parallax of a depth doubling (classes split at :data:`PARALLAX_EDGES`)."""
+    grid = np.repeat(np.repeat(disparity, MATCHING_SCALE, 1), MATCHING_SCALE, 2)
+    classes = np.digitize(doubling, PARALLAX_EDGES[1:-1])
+    counts, hits = np.zeros(len(PARALLAX_EDGES) - 1), np.zeros(len(PARALLAX_EDGES) - 1)
+    for predicted, truth, image_classes in zip(1.0 / grid, depth, classes, strict=True):
+        valid = truth > 0
+        scaled = predicted[valid] * np.median(truth[valid]) / np.median(predicted[valid])
+        within = np.maximum(scaled / truth[valid], truth[valid] / scaled) < 1.25
+        in_range = (truth[valid] >= bins[0]) & (truth[valid] <= bins[1])
+        image_classes = image_classes[valid][in_range]
+        counts += np.bincount(image_classes, minlength=len(counts))
+        hits += np.bincount(image_classes, weights=within[in_range], minlength=len(counts))
+    return counts, hits
+
+
 def measure_parallax(size: tuple[int, int], bins: tuple[float, float], num_samples: int,
                      max_instances: int, stride: int = 1, batch_size: int = 8,
                      num_bins: int = 32) -> dict[str, float]:
     """Ground-truth parallax over the test split's pixels with depth, rendered at ``size``
     (H, W) with frames ``stride`` apart: the fractions below one and half a matching pixel
     when depth doubles, its median, and the fraction whose costs are flat (under one pixel)
-    across ``bins``; and the median-scaled AbsRel and a1 of :func:`patch_matching` over
-    ``num_bins`` bins spanning ``bins``."""
+    across ``bins``; the median-scaled AbsRel and a1 of :func:`patch_matching` over
+    ``num_bins`` bins spanning ``bins``, and its a1 in each class of parallax (pixels whose
+    true depth lies inside ``bins``)."""
     doubled, across, patch_scores = [], [], []
+    classes = np.zeros((2, len(PARALLAX_EDGES) - 1))
     sweep = jax.jit(patch_matching)
     hypotheses = matching.depth_bins(jnp.float32(bins[0]), jnp.float32(bins[1]), num_bins)
     render = dict(height=size[0], width=size[1], max_instances=max_instances, stride=stride)
@@ -195,7 +220,8 @@ def measure_parallax(size: tuple[int, int], bins: tuple[float, float], num_sampl
         K, inv_K = jnp.asarray(batch["K"]), jnp.asarray(batch["inv_K"])
         valid = np.asarray(depth > 0)[:real]
         safe = jnp.where(depth > 0, depth, 1.0)
-        doubled.append(np.asarray(parallax(safe, pose, K, inv_K, 2.0 * safe))[:real][valid])
+        doubling = np.asarray(parallax(safe, pose, K, inv_K, 2.0 * safe))[:real]
+        doubled.append(doubling[valid])
         low, high = (jnp.full_like(safe, b) for b in bins)
         across.append(np.asarray(parallax(low, pose, K, inv_K, high))[:real][valid])
         frames = jnp.asarray(batch["frames"])
@@ -203,15 +229,22 @@ def measure_parallax(size: tuple[int, int], bins: tuple[float, float], num_sampl
                        hypotheses)
         errors = evaluate.score_depth(depth, lowest, presets.SYNTHETIC)[0]["all"]
         patch_scores.append({name: np.asarray(errors[name])[:real] for name in ("abs_rel", "a1")})
+        classes += within_125_by_parallax(np.asarray(lowest)[:real], np.asarray(depth)[:real],
+                                          doubling, bins)
     doubled, across = np.concatenate(doubled), np.concatenate(across)
     patches = {name: float(np.mean(np.concatenate([p[name] for p in patch_scores])))
                for name in ("abs_rel", "a1")}
+    by_parallax = [{"doubling_px": [lo, hi], "share": float(count / classes[0].sum()),
+                    "a1": float(hit / count) if count else float("nan")}
+                   for lo, hi, count, hit in zip(PARALLAX_EDGES[:-1], PARALLAX_EDGES[1:],
+                                                 *classes, strict=True)]
     return {"depth_doubling_below_1px": float(np.mean(doubled < 1.0)),
             "depth_doubling_below_half_px": float(np.mean(doubled < 0.5)),
             "depth_doubling_median_px": float(np.median(doubled)),
             "flat_across_bins": float(np.mean(across < 1.0)),
             "bins": [float(b) for b in bins], "num_pixels": int(doubled.size),
-            "patch_matching_abs_rel": patches["abs_rel"], "patch_matching_a1": patches["a1"]}
+            "patch_matching_abs_rel": patches["abs_rel"], "patch_matching_a1": patches["a1"],
+            "patch_matching_a1_by_parallax": by_parallax}
 
 
 def run_study(config, runs: dict[str, str], num_batches: int, num_samples: int,
@@ -282,8 +315,22 @@ def markdown(results: dict) -> str:
                      f"{p['depth_doubling_median_px']:.2f} px); costs flat across "
                      f"{p['bins'][0]:.1f}-{p['bins'][1]:.1f} m for {p['flat_across_bins']:.0%}; "
                      f"the plane sweep on image patches with the true pose: AbsRel "
-                     f"{p['patch_matching_abs_rel']:.3f}, a1 {p['patch_matching_a1']:.3f}.")
+                     f"{p['patch_matching_abs_rel']:.3f}, a1 {p['patch_matching_a1']:.3f}"
+                     f"{_by_parallax_text(p.get('patch_matching_a1_by_parallax', []))}.")
     return "\n".join(lines)
+
+
+def _by_parallax_text(classes: list[dict]) -> str:
+    """``"; its a1 by parallax ...: 0-0.5 px (38% of pixels) 0.20, ..."`` (empty for none)."""
+    if not classes:
+        return ""
+    cells = []
+    for cls in classes:
+        low, high = cls["doubling_px"]
+        span = f"{low:g}-{high:g} px" if np.isfinite(high) else f">= {low:g} px"
+        cells.append(f"{span} ({cls['share']:.0%}) {cls['a1']:.2f}")
+    return ("; its a1 where the true depth lies inside the bins, by the parallax of a depth "
+            "doubling (share of those pixels): " + ", ".join(cells))
 
 
 def parse_runs(items: list[str]) -> dict[str, str]:

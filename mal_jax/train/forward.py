@@ -26,25 +26,31 @@ ZERO_POSE_PROB = 0.25
 
 def predict_poses(model: ManyDepth, variables: dict, frames_aug: jnp.ndarray, train: bool):
     """Poses for the loss and the lookup pose for matching, with BatchNorm updated as the
-    reference does: pose encoder on (-1, 0), (0, 1), then (-1, 0) again without gradient.
+    reference does: pose encoder on (-1, 0), (0, 1), then (-1, 0) again without gradient (one
+    batched pass of the distinct pairs, :meth:`ManyDepth.poses`).
 
     Returns ``(cam_T_cam {f: (B,4,4)}, pose params {f: (axisangle, translation)},
     lookup_poses (B, N, 4, 4), variables)``.
     """
     cam_T_cam, raw = {}, {}
-    for frame_id in SOURCE_FRAMES:
-        pair = ((frame(frames_aug, frame_id), frame(frames_aug, 0)) if frame_id < 0
-                else (frame(frames_aug, 0), frame(frames_aug, frame_id)))
-        (axisangle, translation), stats = model.pose(variables, *pair, train=train)
-        variables = with_batch_stats(variables, "pose_encoder", stats)
-        raw[frame_id] = (axisangle, translation)
+    # The reference's pose-network calls, in its order: each source frame's pair with frame 0,
+    # then each lookup frame's pair with its successor (the same pair as source frame -1's for
+    # the default lookup frame: computed once, its statistics applied twice, as in the
+    # reference's repeated call).
+    calls = [(frame_id, 0) if frame_id < 0 else (0, frame_id) for frame_id in SOURCE_FRAMES]
+    calls += [(frame_id, frame_id + 1) for frame_id in LOOKUP_FRAMES]
+    pairs = list(dict.fromkeys(calls))
+    poses, stats = model.poses(
+        variables, [(frame(frames_aug, a), frame(frames_aug, b)) for a, b in pairs], train,
+        update_order=tuple(pairs.index(call) for call in calls))
+    variables = with_batch_stats(variables, "pose_encoder", stats)
+    for frame_id, call in zip(SOURCE_FRAMES, calls[:len(SOURCE_FRAMES)], strict=True):
+        axisangle, translation = raw[frame_id] = poses[pairs.index(call)]
         cam_T_cam[frame_id] = geometry.transformation_from_parameters(
             axisangle[:, 0, 0], translation[:, 0, 0], invert=frame_id < 0)
     lookup = []
-    for frame_id in LOOKUP_FRAMES:
-        (axisangle, translation), stats = model.pose(
-            variables, frame(frames_aug, frame_id), frame(frames_aug, frame_id + 1), train=train)
-        variables = with_batch_stats(variables, "pose_encoder", stats)
+    for frame_id, call in zip(LOOKUP_FRAMES, calls[len(SOURCE_FRAMES):], strict=True):
+        axisangle, translation = poses[pairs.index(call)]
         pose = jax.lax.stop_gradient(geometry.transformation_from_parameters(
             axisangle[:, 0, 0], translation[:, 0, 0], invert=True))
         # A missing (all-black) lookup frame gets the zero pose, which the cost volume skips.
