@@ -28,3 +28,17 @@ def test_bench_command_reports_its_figures(tmp_path):
     assert figures["step_s"] > 0 and figures["images_per_s"] > 0
     assert figures["cpu_s_per_step"] > 0
     assert figures["eval_images_per_s"] > 0 and figures["peak_bytes"] > 0
+
+
+def test_layer_bench_lists_resnet_convolutions_and_times_both_gradients():
+    from mal_jax.studies import bench_layers
+
+    # ResNet-18 at 64x96, batch 2: stage inputs at 16x24 (1/4) down to 2x3 (1/32).
+    assert bench_layers.resnet_convolutions(64, 96, 2) == [
+        (2, 16, 24, 64, 64, 1), (2, 16, 24, 64, 128, 2), (2, 8, 12, 128, 128, 1),
+        (2, 8, 12, 128, 256, 2), (2, 4, 6, 256, 256, 1), (2, 4, 6, 256, 512, 2),
+        (2, 2, 3, 512, 512, 1)]
+    row = bench_layers.input_gradient_ms((2, 8, 12, 128, 256, 2), repeats=1)
+    # 2 x 4 x 6 output pixels over 256 features: the GEMM's side of the rule.
+    assert row["ratio"] == 48 / 256 and row["gemm_chosen"]
+    assert row["xla_ms"] > 0 and row["gemm_ms"] > 0

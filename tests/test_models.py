@@ -135,6 +135,8 @@ def test_grouped_batchnorm_equals_separate_calls_in_update_order():
     for name in ("mean", "var"):
         np.testing.assert_allclose(updates["batch_stats"][name], state["batch_stats"][name],
                                    rtol=1e-5)
+    with pytest.raises(ValueError, match="batch of 5 cannot hold 2"):
+        grouped.apply(variables, interleaved[:5], train=True, mutable=["batch_stats"])
     # The statistics really are per group: one group's statistics would normalise differently.
     assert not np.allclose(out[:, 1], single.apply(variables, interleaved, train=True,
                                                    mutable=["batch_stats"])[0][1::2], atol=1e-2)

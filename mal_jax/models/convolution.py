@@ -60,10 +60,9 @@ def _gemm_input_gradient(output_grad, kernel, input_shape, strides, padding):
 
 def _gemm_input_gradient_pays(output_shape, kernel_shape) -> bool:
     """True where the per-tap product (KH*KW*I*N*OH*OW) is at most twice the kernel
-    (KH*KW*I*O), i.e. N*OH*OW <= 2*O. Measured on the 2-core CPU (3x3 kernels, batch 4,
-    input gradient alone): 256->256 at 6x20 (ratio 1.9) 3.7 -> 3.3 ms, strided 12x40 -> 6x20
-    8.4 -> 4.8 ms; at ratio 3.75 (batch 8) equal; at 15 (128 features at 12x40) XLA's is
-    faster, 3.1 against 3.6 ms."""
+    (KH*KW*I*O), i.e. N*OH*OW <= 2*O: ResNet-18's last two stages at 96x320, batch 4.
+    ``python -m mal_jax.studies.bench_layers`` times both gradients per convolution (README,
+    Speed)."""
     batch, out_height, out_width, _ = output_shape
     out_features = kernel_shape[3]
     return jax.default_backend() == "cpu" and batch * out_height * out_width <= 2 * out_features

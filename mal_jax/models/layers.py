@@ -51,6 +51,9 @@ class TorchBatchNorm(nn.Module):
             inv = scale * jnp.reciprocal(jnp.sqrt(running_var.value + self.epsilon))
             return ((x - running_mean.value) * inv + bias).astype(compute_dtype)
         groups = max(self.update_order) + 1
+        if x.shape[0] % groups:
+            raise ValueError(f"TorchBatchNorm: a batch of {x.shape[0]} cannot hold {groups} "
+                             f"interleaved groups (update_order {self.update_order})")
         grouped = x.reshape((x.shape[0] // groups, groups) + x.shape[1:])
         axes = (0,) + tuple(range(2, grouped.ndim - 1))
         mean = jnp.mean(grouped, axis=axes, keepdims=True)

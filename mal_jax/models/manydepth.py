@@ -154,11 +154,11 @@ class ManyDepth:
     def poses(self, variables, pairs, train: bool, update_order: tuple[int, ...] | None = None):
         """Poses of several (earlier, later) frame pairs from one pass of the pose network.
 
-        The pairs run as one batch, sample-major (larger convolutions: on a 2-core CPU two
-        pairs at batch 4 take 0.41 s forward+backward as one batch against 0.53 s as two),
-        with BatchNorm normalising each pair with its own statistics and updating its running
-        averages in ``update_order`` (default: each pair once, in order), exactly as separate
-        reference calls in that order. Returns ``([(axisangle, translation)] per pair, stats)``.
+        The pairs run as one batch, sample-major (larger convolutions run faster per sample
+        on CPU: ``python -m mal_jax.studies.bench_layers`` times both), with BatchNorm
+        normalising each pair with its own statistics and updating its running averages in
+        ``update_order`` (default: each pair once, in order), exactly as separate reference
+        calls in that order. Returns ``([(axisangle, translation)] per pair, stats)``.
         """
         groups = len(pairs)
         update_order = tuple(range(groups)) if update_order is None else tuple(update_order)
