@@ -13,7 +13,7 @@ from model_variables import random_variables
 from configs.default import get_config
 from mal_jax.eval import evaluate, presets
 from mal_jax.models.manydepth import ManyDepth
-from mal_jax.studies import cost_volume_use
+from mal_jax.studies import cost_volume_use, plane_sweep
 from mal_jax.train.checkpointing import InferenceModel
 
 HEIGHT, WIDTH = 64, 96
@@ -32,9 +32,9 @@ def test_parallax_of_a_sideways_move_is_fx_t_over_2d_in_matching_pixels():
     K, inv_K = intrinsics(fx)
     pose = jnp.eye(4)[None].at[0, 0, 3].set(t)
     depth_map = jnp.full((1, HEIGHT, WIDTH), depth)
-    shift = cost_volume_use.parallax(depth_map, pose, K, inv_K, 2 * depth_map)
+    shift = plane_sweep.parallax(depth_map, pose, K, inv_K, 2 * depth_map)
     np.testing.assert_allclose(np.asarray(shift), fx * t / (2 * depth) / 4, rtol=1e-5)
-    still = cost_volume_use.parallax(depth_map, jnp.eye(4)[None], K, inv_K, 2 * depth_map)
+    still = plane_sweep.parallax(depth_map, jnp.eye(4)[None], K, inv_K, 2 * depth_map)
     np.testing.assert_allclose(np.asarray(still), 0.0, atol=1e-5)  # no motion, no parallax
 
 
@@ -73,12 +73,32 @@ def test_patch_matching_finds_a_plane_from_a_sideways_move():
     K, _ = intrinsics(40.0)
     pose = jnp.eye(4)[None].at[0, 0, 3].set(1.0)
     bins = jnp.linspace(1.0, 20.0, 20)  # 1, 2, ..., 20 m
-    disparity = cost_volume_use.patch_matching(jnp.asarray(texture), jnp.asarray(lookup), pose,
-                                               K, bins)
+    disparity = plane_sweep.patch_matching(jnp.asarray(texture), jnp.asarray(lookup), pose, K,
+                                           bins)
     assert disparity.shape == (1, height // 4, width // 4)
     # Away from the ignored border (matching.BORDER_MARGIN) and the edge np.roll wrapped.
     inside = np.asarray(disparity)[0, 3:-2, 2:-3]
     np.testing.assert_allclose(1.0 / inside, depth, rtol=1e-5)
+
+
+def test_pixel_matching_finds_a_plane_from_a_sideways_move():
+    # As above at full resolution: the textured plane at 5 m, 1 m sideways, fx = 40 px:
+    # an 8-pixel shift; every pixel's 3x3 neighbourhood finds the 5 m plane.
+    depth = 5.0
+    texture = np.random.default_rng(1).uniform(size=(1, HEIGHT, WIDTH, 3)).astype(np.float32)
+    lookup = np.roll(texture, 8, axis=2) + 1e-3
+    K, _ = intrinsics(40.0)
+    pose = jnp.eye(4)[None].at[0, 0, 3].set(1.0)
+    bins = jnp.linspace(1.0, 20.0, 20)
+    disparity = plane_sweep.pixel_matching(jnp.asarray(texture), jnp.asarray(lookup), pose, K,
+                                           bins)
+    assert disparity.shape == (1, HEIGHT, WIDTH)
+    inside = np.asarray(disparity)[0, 12:-8, 12:-16]  # off the border margin and the wrap
+    np.testing.assert_allclose(1.0 / inside, depth, rtol=1e-5)
+    # One pixel's neighbourhood: its 3x3 window, row-major, channels last.
+    features = np.asarray(plane_sweep.neighbourhoods(jnp.asarray(texture)))
+    np.testing.assert_array_equal(features[0, 5, 7].reshape(9, 3),
+                                  texture[0, 4:7, 6:9].reshape(9, 3))
 
 
 def test_patch_sweep_scored_per_parallax_class_hand_computed():
@@ -90,14 +110,14 @@ def test_patch_sweep_scored_per_parallax_class_hand_computed():
     depth[0, :, :4], depth[0, :, 4:] = 2.0, 5.0
     depth[0, 0, :4] = 0.0  # no ground truth on the first row's left half
     doubling = np.where(np.arange(8) < 4, 0.3, 1.5)[None, None].repeat(4, 1)
-    counts, hits = cost_volume_use.within_125_by_parallax(disparity, depth, doubling, (1.0, 9.0))
+    counts, hits = plane_sweep.within_125_by_parallax(disparity, depth, doubling, (1.0, 9.0))
     # 12 valid left pixels at 2 m, 16 right at 5 m: median 5 m -> scale 2.5, every pixel
     # predicted 5 m: left 2.5x off, right exact.
     np.testing.assert_array_equal(counts, [12, 0, 16, 0])
     np.testing.assert_array_equal(hits, [0, 0, 16, 0])
     # Bins from 3 m: the left pixels' 2 m lies outside, so they are not scored (the scale is
     # still taken over every pixel, as the evaluation's).
-    counts, hits = cost_volume_use.within_125_by_parallax(disparity, depth, doubling, (3.0, 9.0))
+    counts, hits = plane_sweep.within_125_by_parallax(disparity, depth, doubling, (3.0, 9.0))
     np.testing.assert_array_equal(counts, [0, 0, 16, 0])
     np.testing.assert_array_equal(hits, [0, 0, 16, 0])
 

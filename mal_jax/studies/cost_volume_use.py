@@ -19,8 +19,9 @@ volume (matching assumes a static world). On the embedded scenes that premise ca
   pixels of the 1/4-resolution matching grid) a frame-t pixel moves in the lookup frame t-1
   when its depth doubles. Below one pixel the cost volume cannot tell d from 2d there; and
   between the run's nearest and farthest bin, below one pixel its costs are flat. With it,
-  ManyDepth's plane sweep run on raw pixel patches with the true pose (``patch_matching``):
-  how much depth the frames let any cost volume find at this size and motion.
+  ManyDepth's plane sweep run on raw pixel patches with the true pose, at the matching grid's
+  resolution and at full resolution (:mod:`mal_jax.studies.plane_sweep`): how much depth the
+  frames let a cost volume find at this size and motion, and how much they hold.
 
     python -m mal_jax.studies.cost_volume_use --config=configs/ablation.py \
         --runs=start=/work/runs/converge/seed_0,control=... [--num_batches 10] \
@@ -39,18 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mal_jax.core import geometry, losses, network_losses
-from mal_jax.core.frames import frame
+from mal_jax.core import losses, network_losses
 from mal_jax.data import pipeline, registry
 from mal_jax.eval import evaluate, presets
-from mal_jax.models import matching
-from mal_jax.studies import oracle
+from mal_jax.studies import plane_sweep
 from mal_jax.train import forward, step
 
 RANGE_FACTOR = 4.0  # the alternative cost-volume ranges: the run's, divided and multiplied by this
-MATCHING_SCALE = 4  # the cost volume is built at 1/4 of the image resolution (ManyDepth)
-# Edges (matching pixels per depth doubling) of the parallax classes the patch sweep is scored in.
-PARALLAX_EDGES = (0.0, 0.5, 1.0, 2.0, float("inf"))
 
 
 def variants(min_bin: float, max_bin: float) -> dict[str, tuple[float, float, bool]]:
@@ -144,109 +140,6 @@ def measure_trust(config, inference, num_batches: int, seed: int = 0) -> dict[st
     return {key: float(np.mean([t[key] for t in totals])) for key in totals[0]}
 
 
-def parallax(depth: jax.Array, cam_T_cam: jax.Array, K: jax.Array, inv_K: jax.Array,
-             far_depth: jax.Array) -> jax.Array:
-    """(B, H, W) distance, in matching-grid pixels, between where each frame-t pixel lands in
-    the lookup frame at ``depth`` and at ``far_depth`` (both (B, H, W)); ``cam_T_cam``
-    (B, 4, 4) maps frame t's camera to the lookup frame's, ``K`` at full resolution."""
-    _, height, width = depth.shape
-    near = geometry.project_points(geometry.backproject_depth(depth, inv_K), K, cam_T_cam)
-    far = geometry.project_points(geometry.backproject_depth(far_depth, inv_K), K, cam_T_cam)
-    to_pixels = jnp.asarray([width - 1, height - 1], near.dtype) / 2.0
-    return jnp.linalg.norm((near - far) * to_pixels, axis=-1) / MATCHING_SCALE
-
-
-def image_patches(image: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, H/s, W/s, s*s*C), s = ``MATCHING_SCALE``: every matching-grid cell's
-    pixels as one feature vector."""
-    batch, height, width, channels = image.shape
-    scale = MATCHING_SCALE
-    cells = image.reshape(batch, height // scale, scale, width // scale, scale, channels)
-    return cells.transpose(0, 1, 3, 2, 4, 5).reshape(
-        batch, height // scale, width // scale, scale * scale * channels)
-
-
-def patch_matching(current: jax.Array, lookup: jax.Array, cam_T_cam: jax.Array, K: jax.Array,
-                   bins: jax.Array) -> jax.Array:
-    """ManyDepth's plane sweep on image patches (:func:`image_patches`) instead of learned
-    features, with the given (true) pose: the lowest-cost disparity (B, H/s, W/s). What the
-    frames let a cost volume see at this size and motion, whatever the network learns.
-    ``current``, ``lookup`` (B, H, W, 3); ``cam_T_cam`` (B, 4, 4) from frame t's camera to the
-    lookup frame's; ``K`` (B, 4, 4) at full resolution."""
-    rows = jnp.asarray([1.0 / MATCHING_SCALE, 1.0 / MATCHING_SCALE, 1.0, 1.0])[None, :, None]
-    grid_K = K * rows
-    return matching.cost_volume(image_patches(current), image_patches(lookup)[:, None],
-                                cam_T_cam[:, None], grid_K, jnp.linalg.inv(grid_K), bins)[2]
-
-
-def within_125_by_parallax(disparity: np.ndarray, depth: np.ndarray, doubling: np.ndarray,
-                           bins: tuple[float, float]):
-    """Per image, the patch sweep's arg-min ``disparity`` (B, H/s, W/s) repeated to the pixel
-    grid and median-scaled to ``depth`` (B, H, W; 0 = none) as the evaluation scales: (count,
-    pixels within 1.25x) of the pixels whose true depth lies inside ``bins`` (the sweep's
-    nearest and farthest plane: outside, no plane can be right), in each class of ``doubling``
-    (B, H, W), the parallax of a depth doubling (classes split at :data:`PARALLAX_EDGES`)."""
-    grid = np.repeat(np.repeat(disparity, MATCHING_SCALE, 1), MATCHING_SCALE, 2)
-    classes = np.digitize(doubling, PARALLAX_EDGES[1:-1])
-    counts, hits = np.zeros(len(PARALLAX_EDGES) - 1), np.zeros(len(PARALLAX_EDGES) - 1)
-    for predicted, truth, image_classes in zip(1.0 / grid, depth, classes, strict=True):
-        valid = truth > 0
-        scaled = predicted[valid] * np.median(truth[valid]) / np.median(predicted[valid])
-        within = np.maximum(scaled / truth[valid], truth[valid] / scaled) < 1.25
-        in_range = (truth[valid] >= bins[0]) & (truth[valid] <= bins[1])
-        image_classes = image_classes[valid][in_range]
-        counts += np.bincount(image_classes, minlength=len(counts))
-        hits += np.bincount(image_classes, weights=within[in_range], minlength=len(counts))
-    return counts, hits
-
-
-def measure_parallax(size: tuple[int, int], bins: tuple[float, float], num_samples: int,
-                     max_instances: int, stride: int = 1, batch_size: int = 8,
-                     num_bins: int = 32) -> dict[str, float]:
-    """Ground-truth parallax over the test split's pixels with depth, rendered at ``size``
-    (H, W) with frames ``stride`` apart: the fractions below one and half a matching pixel
-    when depth doubles, its median, and the fraction whose costs are flat (under one pixel)
-    across ``bins``; the median-scaled AbsRel and a1 of :func:`patch_matching` over
-    ``num_bins`` bins spanning ``bins``, and its a1 in each class of parallax (pixels whose
-    true depth lies inside ``bins``)."""
-    doubled, across, patch_scores = [], [], []
-    classes = np.zeros((2, len(PARALLAX_EDGES) - 1))
-    sweep = jax.jit(patch_matching)
-    hypotheses = matching.depth_bins(jnp.float32(bins[0]), jnp.float32(bins[1]), num_bins)
-    render = dict(height=size[0], width=size[1], max_instances=max_instances, stride=stride)
-    for batch, real in oracle.iter_batches("test", num_samples, batch_size, **render):
-        depth = jnp.asarray(batch["depth_gt"])
-        pose = frame(jnp.asarray(batch["cam_T_cam"]), forward.LOOKUP_FRAMES[0])
-        K, inv_K = jnp.asarray(batch["K"]), jnp.asarray(batch["inv_K"])
-        valid = np.asarray(depth > 0)[:real]
-        safe = jnp.where(depth > 0, depth, 1.0)
-        doubling = np.asarray(parallax(safe, pose, K, inv_K, 2.0 * safe))[:real]
-        doubled.append(doubling[valid])
-        low, high = (jnp.full_like(safe, b) for b in bins)
-        across.append(np.asarray(parallax(low, pose, K, inv_K, high))[:real][valid])
-        frames = jnp.asarray(batch["frames"])
-        lowest = sweep(frame(frames, 0), frame(frames, forward.LOOKUP_FRAMES[0]), pose, K,
-                       hypotheses)
-        errors = evaluate.score_depth(depth, lowest, presets.SYNTHETIC)[0]["all"]
-        patch_scores.append({name: np.asarray(errors[name])[:real] for name in ("abs_rel", "a1")})
-        classes += within_125_by_parallax(np.asarray(lowest)[:real], np.asarray(depth)[:real],
-                                          doubling, bins)
-    doubled, across = np.concatenate(doubled), np.concatenate(across)
-    patches = {name: float(np.mean(np.concatenate([p[name] for p in patch_scores])))
-               for name in ("abs_rel", "a1")}
-    by_parallax = [{"doubling_px": [lo, hi], "share": float(count / classes[0].sum()),
-                    "a1": float(hit / count) if count else float("nan")}
-                   for lo, hi, count, hit in zip(PARALLAX_EDGES[:-1], PARALLAX_EDGES[1:],
-                                                 *classes, strict=True)]
-    return {"depth_doubling_below_1px": float(np.mean(doubled < 1.0)),
-            "depth_doubling_below_half_px": float(np.mean(doubled < 0.5)),
-            "depth_doubling_median_px": float(np.median(doubled)),
-            "flat_across_bins": float(np.mean(across < 1.0)),
-            "bins": [float(b) for b in bins], "num_pixels": int(doubled.size),
-            "patch_matching_abs_rel": patches["abs_rel"], "patch_matching_a1": patches["a1"],
-            "patch_matching_a1_by_parallax": by_parallax}
-
-
 def run_study(config, runs: dict[str, str], num_batches: int, num_samples: int,
               parallax_sizes: tuple[tuple[int, int], ...] = (),
               parallax_strides: tuple[int, ...] = ()) -> dict:
@@ -268,7 +161,7 @@ def run_study(config, runs: dict[str, str], num_batches: int, num_samples: int,
     settings = dict.fromkeys([(size, stride), *((other, stride) for other in parallax_sizes),
                               *((size, other) for other in parallax_strides)])
     results["parallax"] = {
-        parallax_name(*setting): measure_parallax(setting[0], first_bins, num_samples,
+        parallax_name(*setting): plane_sweep.measure_parallax(setting[0], first_bins, num_samples,
                                                   config.data.max_instances, setting[1],
                                                   num_bins=config.model.num_depth_bins)
         for setting in settings}
@@ -313,11 +206,22 @@ def markdown(results: dict) -> str:
                      f"{p['depth_doubling_below_1px']:.0%} of pixels (< 0.5 px: "
                      f"{p['depth_doubling_below_half_px']:.0%}; median "
                      f"{p['depth_doubling_median_px']:.2f} px); costs flat across "
-                     f"{p['bins'][0]:.1f}-{p['bins'][1]:.1f} m for {p['flat_across_bins']:.0%}; "
-                     f"the plane sweep on image patches with the true pose: AbsRel "
-                     f"{p['patch_matching_abs_rel']:.3f}, a1 {p['patch_matching_a1']:.3f}"
-                     f"{_by_parallax_text(p.get('patch_matching_a1_by_parallax', []))}.")
+                     f"{p['bins'][0]:.1f}-{p['bins'][1]:.1f} m for {p['flat_across_bins']:.0%}"
+                     + "".join(_sweep_text(p, name) for name in plane_sweep.SWEEPS
+                               if f"{name}_a1" in p) + ".")
     return "\n".join(lines)
+
+
+_SWEEP_NAMES = {"patch_matching": "the plane sweep on 4x4 pixel blocks at the matching grid's "
+                "resolution with the true pose",
+                "pixel_matching": "at full resolution on 3x3 neighbourhoods"}
+
+
+def _sweep_text(result: dict, name: str) -> str:
+    """``"; <sweep>: AbsRel x, a1 y; its a1 ..."`` for one sweep of a parallax result."""
+    return (f"; {_SWEEP_NAMES[name]}: AbsRel {result[f'{name}_abs_rel']:.3f}, a1 "
+            f"{result[f'{name}_a1']:.3f}"
+            f"{_by_parallax_text(result.get(f'{name}_a1_by_parallax', []))}")
 
 
 def _by_parallax_text(classes: list[dict]) -> str:
