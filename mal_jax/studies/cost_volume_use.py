@@ -161,9 +161,9 @@ def run_study(config, runs: dict[str, str], num_batches: int, num_samples: int,
     settings = dict.fromkeys([(size, stride), *((other, stride) for other in parallax_sizes),
                               *((size, other) for other in parallax_strides)])
     results["parallax"] = {
-        parallax_name(*setting): plane_sweep.measure_parallax(setting[0], first_bins, num_samples,
-                                                  config.data.max_instances, setting[1],
-                                                  num_bins=config.model.num_depth_bins)
+        parallax_name(*setting): plane_sweep.measure_parallax(
+            setting[0], first_bins, num_samples, config.data.max_instances, setting[1],
+            num_bins=config.model.num_depth_bins)
         for setting in settings}
     return results
 
@@ -225,7 +225,7 @@ def _sweep_text(result: dict, name: str) -> str:
 
 
 def _by_parallax_text(classes: list[dict]) -> str:
-    """``"; its a1 by parallax ...: 0-0.5 px (38% of pixels) 0.20, ..."`` (empty for none)."""
+    """``"; its a1 where ...: 0-0.5 px (38%) 0.20, ..."`` (empty for no classes)."""
     if not classes:
         return ""
     cells = []
