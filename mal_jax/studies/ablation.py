@@ -264,6 +264,10 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
+    from mal_jax import xla_cpu
+
+    xla_cpu.restart_with_huge_pages()  # CPU: huge pages for XLA's per-step buffers
+
     config_flags.DEFINE_config_file("config", None, "ablation config, e.g. configs/ablation.py")
     flags.DEFINE_string("workdir", None, "folder of the pretraining and fine-tuning runs")
     flags.DEFINE_string("results_dir", "", "also write the JSONs, tables and example PNGs here")

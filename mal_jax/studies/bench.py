@@ -61,10 +61,13 @@ def random_batch(batch_size: int, height: int, width: int, max_instances: int,
     }
 
 
-def _process_cpu_s() -> float:
-    """User + system CPU seconds of this process so far (all threads)."""
+def _process_usage() -> np.ndarray:
+    """(user + system CPU s, system CPU s, minor page faults) of this process so far, all
+    threads. System time and faults show what the step's fresh memory costs: XLA:CPU
+    allocates the step's temporaries anew every call, and the kernel zeroes each new page."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return np.array([usage.ru_utime + usage.ru_stime, usage.ru_stime, usage.ru_minflt],
+                    np.float64)
 
 
 def peak_memory_bytes() -> tuple[int, str]:
@@ -142,19 +145,21 @@ def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool):
     model, step, state, batch, variables = build_step(height, width, batch_size, mal)
     compiled, compile_s, hits = compile_step(step, state, batch)
     rng = jax.random.PRNGKey(1)
-    times, cpu_seconds = [], 0.0
+    times, usage = [], np.zeros(3)
     for index in range(steps + 1):
-        tic, cpu_tic = time.perf_counter(), _process_cpu_s()
+        tic, usage_tic = time.perf_counter(), _process_usage()
         state, metrics = compiled(state, batch, jax.random.fold_in(rng, index))
         jax.block_until_ready((state, metrics))
         if index:  # the first call pays one-off allocation costs
             times.append(time.perf_counter() - tic)
-            cpu_seconds += _process_cpu_s() - cpu_tic
+            usage += _process_usage() - usage_tic
     median = float(np.median(times))
+    cpu_seconds, sys_seconds, page_faults = usage / steps
     tic = time.perf_counter()
     distributed.shard_batch(random_batch(batch_size, height, width, 8), batch["frames"].sharding)
     result = {"compile_s": compile_s, "compile_cache_hits": hits, "step_s": median,
-              "cpu_s_per_step": cpu_seconds / steps,
+              "cpu_s_per_step": cpu_seconds, "sys_s_per_step": sys_seconds,
+              "page_faults_per_step": page_faults,
               "images_per_s": batch_size / median,
               "batch_to_device_s": time.perf_counter() - tic,
               "loss": float(metrics["loss"]), "device": jax.devices()[0].device_kind,
@@ -237,7 +242,9 @@ def main(argv=None) -> int:
     print(f"images_per_s {result['images_per_s']:.2f}")
     print(f"eval_images_per_s {result['eval_images_per_s']:.2f}")
     print(f"peak_memory_gib {result['peak_bytes'] / 2**30:.2f} ({result['peak_kind']})")
-    print(f"cpu_s_per_step {result['cpu_s_per_step']:.3f} (process CPU time, all threads)")
+    print(f"cpu_s_per_step {result['cpu_s_per_step']:.3f} (process CPU time, all threads; "
+          f"system {result['sys_s_per_step']:.3f} s, "
+          f"{result['page_faults_per_step']:.0f} minor page faults)")
     print(f"step_s {result['step_s']:.4f}", flush=True)
     if args.profile:  # after the figures: tracing a long step takes a while
         result["profile"] = profile()
@@ -251,4 +258,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from mal_jax import xla_cpu
+
+    xla_cpu.restart_with_huge_pages()  # as train.py: the step is timed as training runs it
     sys.exit(main())

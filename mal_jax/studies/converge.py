@@ -173,6 +173,10 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
+    from mal_jax import xla_cpu
+
+    xla_cpu.restart_with_huge_pages()  # CPU: huge pages for XLA's per-step buffers
+
     config_flags.DEFINE_config_file("config", None, "e.g. configs/converge.py")
     flags.DEFINE_string("workdir", None, "folder of the per-seed runs (outside git)")
     flags.DEFINE_string("results_dir", "", "where the curve JSON, table and plot go "
