@@ -94,7 +94,7 @@ def restart_with_huge_pages() -> None:
     thing in a command's ``__main__`` block, before anything starts threads or a backend."""
     environ = huge_pages_environment(os.environ, _glibc_version(), _thp_mode(),
                                      _accelerator_installed())
-    if environ is None:
+    if environ is None or not sys.executable:  # an embedded interpreter: nothing to re-run
         return
     sys.stdout.flush()
     sys.stderr.flush()
