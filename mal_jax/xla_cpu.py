@@ -40,9 +40,10 @@ def prefer_xla_convolutions(environ=os.environ) -> bool:
 # Entry points restart themselves once with glibc's malloc asking for transparent huge pages.
 # XLA:CPU allocates every step's temporaries anew (about 1.4 GB per ManyDepth step at 96x320,
 # batch 4, in blocks of 37-690 MB); glibc maps blocks that large fresh from the kernel, which
-# faults in and zeroes every 4 KiB page on each step: ~170k page faults and 0.3 s of system
-# time per step. With huge pages: ~1.1k faults, 0.2 s, and the step 3-4% faster
-# (``python -m mal_jax.studies.bench ...`` prints both figures; README, Speed). glibc reads
+# faults in and zeroes every 4 KiB page on each step: ~170k page faults and 0.30-0.34 s of
+# system time per step. With huge pages: 0.9-1.5k faults, 0.21-0.31 s, and the step faster in
+# five paired rounds of five, by 3.6% on the mean (``python -m mal_jax.studies.bench ...``
+# prints the faults and system time; README, Speed, 2-core AMD EPYC). glibc reads
 # GLIBC_TUNABLES only when a process starts, hence the restart.
 TUNABLES_ENV = "GLIBC_TUNABLES"
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
