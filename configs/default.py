@@ -12,9 +12,18 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.data = _data_config()
+    config.model = _model_config()
+    config.loss = _loss_config()
+    config.mal = _mal_config()
+    config.training = _training_config()
+    config.evaluation = _evaluation_config()
+    return config
 
-    # ---------------------------------------------------------------- data
-    data = config.data = ml_collections.ConfigDict()
+
+def _data_config() -> ml_collections.ConfigDict:
+    """Which frames are read, at what size, and how they are augmented."""
+    data = ml_collections.ConfigDict()
     data.dataset = "synthetic"  # synthetic | kitti | cityscapes (paper: kitti)
     data.root = ""  # dataset root folder (kitti/cityscapes; unused for synthetic)
     data.train_split_file = ""  # ManyDepth-format split file for training (kitti/cityscapes)
@@ -39,9 +48,12 @@ def get_config() -> ml_collections.ConfigDict:
     # itself (ManyDepth's --static_camera); each case is logged once. "error" refuses instead,
     # naming the file and split line: use it to check that a dataset copy is complete.
     data.missing_neighbour = "black"  # (ManyDepth: black)
+    return data
 
-    # ---------------------------------------------------------------- model
-    model = config.model = ml_collections.ConfigDict()
+
+def _model_config() -> ml_collections.ConfigDict:
+    """The networks: sizes, depth range, starting weights and compute dtype."""
+    model = ml_collections.ConfigDict()
     model.num_layers = 18  # ResNet depth of the student's matching encoder, 18 or 50 (paper: 18)
     model.num_depth_bins = 32  # cost-volume depth hypotheses (paper: 96; KITTI configs: 96)
     model.inverse_depth_bins = False  # bins linear in inverse depth (paper: linear, False)
@@ -67,9 +79,12 @@ def get_config() -> ml_collections.ConfigDict:
     # float32, parity is checked in float32, and CPUs gain nothing from bfloat16; on GPU/TPU
     # "bfloat16" halves activation memory (paper: float32).
     model.compute_dtype = "float32"
+    return model
 
-    # ---------------------------------------------------------------- loss
-    loss = config.loss = ml_collections.ConfigDict()
+
+def _loss_config() -> ml_collections.ConfigDict:
+    """ManyDepth's losses, and the velocity loss the embedded scenes add."""
+    loss = ml_collections.ConfigDict()
     loss.disparity_smoothness = 1e-3  # edge-aware smoothness weight (paper: 1e-3; MAL: 1e-3)
     # Decoder scales ManyDepth's loss averages over, a subset of model.scales (paper: 0..3).
     # With any MAL part on, both losses use scale 0 only (MAL's code) unless mal.multi_scale.
@@ -90,11 +105,14 @@ def get_config() -> ml_collections.ConfigDict:
     # near, far or constant depth optimum (README, Default run: it rescued 1 of 2 such seeds).
     # Irrelevant under MAL's scale-0 losses. Off everywhere. (paper: False; MAL: False)
     loss.own_resolution_scales = False
+    return loss
 
-    # ---------------------------------------------------------------- MAL
+
+def _mal_config() -> ml_collections.ConfigDict:
+    """MAL's parts and constants; "(MAL: x)" is the published recipe's value."""
     # MAL's published recipe (its README, KITTI and Cityscapes):
     # --loss_blc --load_pretrained --temporal --distil, ensemble on (no --no_ens).
-    mal = config.mal = ml_collections.ConfigDict()
+    mal = ml_collections.ConfigDict()
     mal.temporal = True  # temporal hints as extra teacher candidates (MAL: on, --temporal)
     # Temporal hints for the student too. An option, off: --main_temporal is not in the
     # published commands, so the reference forces the student's hints off (MAL: off).
@@ -114,9 +132,12 @@ def get_config() -> ml_collections.ConfigDict:
     mal.balance_lambda_start = 3.0  # loss-balance lambda at epoch 0 (MAL: 3)
     mal.balance_lambda_step = -1.5  # lambda change per epoch (MAL: -1.5)
     mal.balance_lambda_min = -3.0  # lambda floor (MAL: -3)
+    return mal
 
-    # ---------------------------------------------------------------- training
-    training = config.training = ml_collections.ConfigDict()
+
+def _training_config() -> ml_collections.ConfigDict:
+    """Optimizer, schedule, teacher freezing and the logging/checkpoint cadence."""
+    training = ml_collections.ConfigDict()
     training.batch_size = 4  # global batch size, split over devices (paper: 12)
     training.num_epochs = 2  # epochs over num_train_samples (paper: 20)
     training.learning_rate = 1e-4  # Adam learning rate (paper: 1e-4)
@@ -142,11 +163,14 @@ def get_config() -> ml_collections.ConfigDict:
     # A step whose loss or gradients are NaN/inf: False = stop (the last checkpoint stays the
     # latest), True = skip the update, count it (logged) and go on with the next batch.
     training.skip_nonfinite_steps = False
+    return training
 
-    # ---------------------------------------------------------------- evaluation
-    evaluation = config.evaluation = ml_collections.ConfigDict()
+
+def _evaluation_config() -> ml_collections.ConfigDict:
+    """Test protocol and evaluation output."""
+    evaluation = ml_collections.ConfigDict()
     # synthetic | kitti_eigen | kitti_eigen_mal | cityscapes | cityscapes_mal (eval.presets.PRESETS)
     evaluation.protocol = "synthetic"
     evaluation.batch_size = 8  # evaluation batch size
     evaluation.write_images = 4  # colormapped depth/error PNGs written (0 = none)
-    return config
+    return evaluation

@@ -35,11 +35,18 @@ def test_converge_config_is_manydepth_alone_with_the_velocity_loss():
 
 
 def test_markdown_verdict_on_last_common_step():
-    points = lambda a, b: [{"step": 10, f"{MODELS[0]}_abs_rel": a, f"{MODELS[1]}_abs_rel": b,  # noqa: E731
-                            "min_depth_bin": 1.0, "max_depth_bin": 20.0}]
+    def points(student, teacher):
+        return [{"step": 10, f"{MODELS[0]}_abs_rel": student, f"{MODELS[1]}_abs_rel": teacher,
+                 f"{MODELS[0]}_moving_abs_rel": 3 * student,
+                 f"{MODELS[1]}_moving_abs_rel": 3 * teacher,
+                 "min_depth_bin": 1.0, "max_depth_bin": 20.0}]
+
     config = converge_config.get_config()
     met = converge.markdown({0: points(0.12, 0.14), 1: points(0.10, 0.15)}, config)
-    assert "| 10 | 0.1200 | 1.0-20.0 | 0.1000 | 1.0-20.0 | 0.1400 | 0.1500 |" in met
+    # all pixels: students and bins, teachers; then moving pixels: students, teachers
+    assert ("| 10 | 0.1200 | 1.0-20.0 | 0.1000 | 1.0-20.0 | 0.1400 | 0.1500 | 0.3600 | 0.3000 "
+            "| 0.4200 | 0.4500 |") in met
+    assert met.splitlines()[1] == "|" + "---:|" * 11
     assert "worst AbsRel over seeds and networks 0.1500; target <= 0.15 met" in met
     missed = converge.markdown({0: points(0.12, 0.14), 1: points(0.10, 0.31)}, config)
     assert "0.3100; target <= 0.15 not met" in missed
@@ -54,6 +61,7 @@ def test_seeds_train_in_turns_and_a_rerun_continues(tmp_path):
         assert [p["step"] for p in curves[seed]] == [2, 4]
         for point in curves[seed]:
             assert all(0 < point[f"{m}_abs_rel"] < 10 for m in MODELS)
+            assert all(0 < point[f"{m}_moving_abs_rel"] < 10 for m in MODELS)
             assert 0 < point["min_depth_bin"] < point["max_depth_bin"]
     # Different seeds are different runs (initialisation, data order).
     assert curves[0][0][f"{MODELS[0]}_abs_rel"] != curves[1][0][f"{MODELS[0]}_abs_rel"]

@@ -221,24 +221,30 @@ def render_sample(
     }
     sample["frames_aug"] = sample["frames"].copy()
     if extras:
-        slot_object = np.full(max_instances, -1, np.int32)
-        slot_object[: len(chosen)] = chosen
-        cam_T_object = np.tile(np.eye(4, dtype=np.float32), (num_frames, max_instances, 1, 1))
-        for row, f in enumerate(frames):
-            poses = cam_T_world[row] @ scene.world_T_object(f)[chosen]
-            cam_T_object[row, : len(chosen)] = poses
-        moving = np.zeros(max_instances, bool)
-        moving[: len(chosen)] = objects.moving[chosen]
-        sample.update(
-            depth=np.stack([v["depth"] for v in views]),
-            object_map=object_maps,
-            surface=np.stack([v["surface"] for v in views]),
-            world_T_cam=world_T_cam.astype(np.float32),
-            cam_T_object=cam_T_object,
-            instance_object=slot_object,
-            instance_moving=moving,
-        )
+        sample.update(_ground_truth_extras(scene, frames, chosen, views, object_maps,
+                                           world_T_cam, cam_T_world, max_instances))
     return sample
+
+
+def _ground_truth_extras(scene: Scene, frames, chosen, views, object_maps, world_T_cam,
+                         cam_T_world, max_instances: int) -> dict:
+    """The ``extras`` of ``render_sample``: ground truth beyond the common format."""
+    slot_object = np.full(max_instances, -1, np.int32)
+    slot_object[: len(chosen)] = chosen
+    cam_T_object = np.tile(np.eye(4, dtype=np.float32), (len(frames), max_instances, 1, 1))
+    for row, f in enumerate(frames):
+        cam_T_object[row, : len(chosen)] = cam_T_world[row] @ scene.world_T_object(f)[chosen]
+    moving = np.zeros(max_instances, bool)
+    moving[: len(chosen)] = scene.objects.moving[chosen]
+    return dict(
+        depth=np.stack([v["depth"] for v in views]),
+        object_map=object_maps,
+        surface=np.stack([v["surface"] for v in views]),
+        world_T_cam=world_T_cam.astype(np.float32),
+        cam_T_object=cam_T_object,
+        instance_object=slot_object,
+        instance_moving=moving,
+    )
 
 
 def sample_signature(height: int, width: int, num_frames: int, max_instances: int) -> dict:

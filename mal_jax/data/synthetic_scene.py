@@ -301,19 +301,11 @@ def _populate(rng, street: Street, cam_position, cam_yaw, cam_speed, z_min, z_ma
             speed = rng.uniform(0.5, 1.2)
             x = direction * speed * (frames - rng.uniform(0, n))
             lane_z = street.cross_z0 + (street.cross_z1 - street.cross_z0) * (
-                0.75 if direction > 0 else 0.25
-            )
+                0.75 if direction > 0 else 0.25)
             half = _car_half(rng)
             centre = np.stack([x, np.full(n, road_y - half[1]), np.full(n, lane_z)], -1)
-            tracks.add(
-                CAR,
-                half,
-                centre,
-                direction * np.pi / 2,
-                True,
-                _car_colours(rng),
-                rng.uniform(0, 200, 2),
-            )
+            tracks.add(CAR, half, centre, direction * np.pi / 2, True, _car_colours(rng),
+                       rng.uniform(0, 200, 2))
     # Parked cars line both curbs, leaving the cross street free.
     for side in (-1.0, 1.0):
         z = z_min + rng.uniform(2.0, 8.0)
@@ -321,8 +313,7 @@ def _populate(rng, street: Street, cam_position, cam_yaw, cam_speed, z_min, z_ma
             half = _car_half(rng)
             z_centre = z + half[2]
             blocked = street.has_cross and (
-                street.cross_z0 - 3.0 < z_centre < street.cross_z1 + 3.0
-            )
+                street.cross_z0 - 3.0 < z_centre < street.cross_z1 + 3.0)
             if rng.random() < 0.75 and not blocked:
                 x = side * (street.road_half_width - 1.05 - rng.uniform(0.0, 0.2))
                 yaw = (0.0 if side > 0 else np.pi) + rng.uniform(-0.04, 0.04)
@@ -341,15 +332,8 @@ def _populate(rng, street: Street, cam_position, cam_yaw, cam_speed, z_min, z_ma
         if street.has_cross and np.any((z > street.cross_z0 - 1) & (z < street.cross_z1 + 1)):
             continue
         centre = np.stack([np.full(n, x), np.full(n, walk_y - half[1]), z], -1)
-        tracks.add(
-            PEDESTRIAN,
-            half,
-            centre,
-            0.0 if speed >= 0 else np.pi,
-            walking,
-            _person_colours(rng),
-            rng.uniform(0, 200, 2),
-        )
+        tracks.add(PEDESTRIAN, half, centre, 0.0 if speed >= 0 else np.pi, walking,
+                   _person_colours(rng), rng.uniform(0, 200, 2))
     return tracks.build()
 
 

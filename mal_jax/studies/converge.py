@@ -28,8 +28,11 @@ from mal_jax.eval.evaluate import MODELS
 from mal_jax.studies import run_scalars
 from mal_jax.train import trainer as trainer_lib
 
-# Logged scalars a curve point holds: test AbsRel per network and the adaptive bins.
-CURVE_TAGS = tuple(f"eval/{model}/all/abs_rel" for model in MODELS) + (
+# Logged scalars a curve point holds: test AbsRel per network on all pixels and on those of
+# moving objects (where self-supervision cannot reach: the floor under the all-pixel curve),
+# and the adaptive bins.
+REGIONS = ("all", "moving")
+CURVE_TAGS = tuple(f"eval/{model}/{region}/abs_rel" for model in MODELS for region in REGIONS) + (
     "min_depth_bin", "max_depth_bin")
 
 
@@ -42,8 +45,9 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 
 
 def curve(workdir: str) -> list[dict]:
-    """``[{step, <model>_abs_rel..., min_depth_bin, max_depth_bin}]`` at every evaluated step
-    of a run, read back from its logged scalars (bins: the training step's values)."""
+    """``[{step, <model>_abs_rel..., <model>_moving_abs_rel..., min_depth_bin, max_depth_bin}]``
+    at every evaluated step of a run, read back from its logged scalars (bins: the training
+    step's values; a moving value is None where the evaluation had no moving pixels)."""
     scalars = run_scalars.logged_scalars(workdir, CURVE_TAGS)
     points = []
     for step in sorted(scalars):
@@ -52,6 +56,8 @@ def curve(workdir: str) -> list[dict]:
             continue
         point = {"step": step}
         point.update({f"{model}_abs_rel": values.get(f"eval/{model}/all/abs_rel")
+                      for model in MODELS})
+        point.update({f"{model}_moving_abs_rel": values.get(f"eval/{model}/moving/abs_rel")
                       for model in MODELS})
         point.update({k: values.get(k) for k in ("min_depth_bin", "max_depth_bin")})
         points.append(point)
@@ -88,13 +94,14 @@ def run_converge(config: ml_collections.ConfigDict, workdir: str,
 
 
 def markdown(curves: dict, config: ml_collections.ConfigDict) -> str:
-    """Table of the curves: one line per evaluated step, both networks per seed, and the
-    target check on the last common step."""
+    """Table of the curves: one line per evaluated step, both networks per seed on all pixels
+    then on moving-object pixels, and the target check (all pixels) on the last common step."""
     seeds = sorted(curves)
     header = "| step | " + " | ".join(f"seed {s} {m} | seed {s} bins (m)" for s in seeds
                                        for m in MODELS[:1]) + " | " + " | ".join(
-        f"seed {s} {MODELS[1]}" for s in seeds) + " |"
-    lines = [header, "|" + "---:|" * (1 + 3 * len(seeds))]
+        f"seed {s} {MODELS[1]}" for s in seeds) + " | " + " | ".join(
+        f"seed {s} {m} moving" for m in MODELS for s in seeds) + " |"
+    lines = [header, "|" + "---:|" * (1 + 5 * len(seeds))]
     steps = sorted({p["step"] for s in seeds for p in curves[s]})
     by_seed = {s: {p["step"]: p for p in curves[s]} for s in seeds}
     for step in steps:
@@ -105,6 +112,7 @@ def markdown(curves: dict, config: ml_collections.ConfigDict) -> str:
             cells.append(f"{point['min_depth_bin']:.1f}-{point['max_depth_bin']:.1f}"
                          if point and point.get("min_depth_bin") is not None else "")
         cells += [_fmt(by_seed[s].get(step), f"{MODELS[1]}_abs_rel") for s in seeds]
+        cells += [_fmt(by_seed[s].get(step), f"{m}_moving_abs_rel") for m in MODELS for s in seeds]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     target = float(config.converge.target_abs_rel)
     common = [step for step in steps if all(step in by_seed[s] for s in seeds)]
