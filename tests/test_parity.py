@@ -1,5 +1,6 @@
 """The parity command against every golden file of the reference (the port's main correctness
-check), and deliberately broken ports that must fail it on every file."""
+check), and deliberately broken ports that must fail it (every file; the gradient cut, whose
+float64 pass is the slow part, on the smallest)."""
 
 import io
 import pathlib
@@ -99,8 +100,13 @@ def test_inverted_confidence_mask_fails(golden_path, monkeypatch):
     assert "confidence_mask ill-conditioned" in line and "confidence_mask_zero_pose" in line
 
 
+@pytest.mark.parametrize("golden_path", [GOLDEN_FILES[2]], indirect=True)
 def test_missing_gradient_path_fails(golden_path, monkeypatch):
-    """The poses' gradient through the warp cut: the pose network's gradients fail."""
+    """The poses' gradient through the warp cut: the pose network's gradients fail.
+
+    One file (the smallest): the gradient check is the same code for every file, and each
+    file's float64 gradient pass costs ~1 min on 2 cores; the command test above runs it on
+    all three."""
     warp_sources = network_losses.warp_sources
 
     def detached_pose(frames, depth, cam_T_cam, K0, inv_K0):

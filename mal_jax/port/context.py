@@ -41,33 +41,32 @@ class Context:
         student_encoder = self.golden.state_dict(REFERENCE_FILES["student_encoder"])
         return int(student_encoder["reduce_conv.0.weight"].shape[1] - 64)
 
-    def _loss_fn(self, variables: dict, batch: dict, decisions: dict | None = None):
-        """The reference's training-mode loss of ``params`` (aux: parts, outputs, variables).
+    def _loss(self, params, variables: dict, batch: dict, decisions: dict | None = None):
+        """The reference's training-mode loss of ``params``: (loss, (parts, outputs,
+        variables)).
 
         ``decisions`` ({"lowest_cost", "consistency_mask"}: (B, H, W, 1)) replaces the port's
         own discrete outputs before the losses are taken; the port's own are kept in the
-        outputs as ``own_lowest_cost`` and ``own_consistency_mask``.
+        outputs as ``own_lowest_cost`` and ``own_consistency_mask``. Everything is an
+        argument, not a closed-over constant: XLA would otherwise constant-fold every part
+        of the loss that depends on the frames alone (auto-masking's identity reprojection,
+        the pyramids) at compile time, element by element (~1 min per golden file).
         """
         settings = LossSettings(tie_break_noise=False)
-
-        def loss_fn(params):
-            outputs, updated = train_forward(
-                self.model, {**variables, "params": params}, batch, *TRAIN_BINS,
-                settings=settings)
-            outputs["own_lowest_cost"] = outputs["lowest_cost"]
-            outputs["own_consistency_mask"] = outputs["consistency_mask"]
-            outputs.update(decisions or {})
-            _, parts = objective(outputs, batch, MANYDEPTH, settings)
-            return parts["loss"], (parts, outputs, updated)
-
-        return loss_fn
+        outputs, updated = train_forward(
+            self.model, {**variables, "params": params}, batch, *TRAIN_BINS, settings=settings)
+        outputs["own_lowest_cost"] = outputs["lowest_cost"]
+        outputs["own_consistency_mask"] = outputs["consistency_mask"]
+        outputs.update(decisions or {})
+        _, parts = objective(outputs, batch, MANYDEPTH, settings)
+        return parts["loss"], (parts, outputs, updated)
 
     def train_outputs(self):
         """One training-mode loss evaluation in float32 with the port's own discrete outputs
         (as training runs): (parts, outputs, variables)."""
         if self._train is None:
-            loss_fn = jax.jit(self._loss_fn(self.variables, self.batch))
-            _, aux = loss_fn(self.variables["params"])
+            _, aux = jax.jit(self._loss)(self.variables["params"], _without_params(self.variables),
+                                         self.batch)
             self._train = jax.device_get(aux)
         return self._train
 
@@ -90,11 +89,16 @@ class Context:
             with jax.enable_x64(True):
                 variables, batch = as_float64(self.variables), as_float64(self.batch)
                 decisions = as_float64(self.reference_decisions())
-                grad_fn = jax.jit(jax.grad(self._loss_fn(variables, batch, decisions),
-                                           has_aux=True))
-                grads, (parts, outputs, _) = jax.device_get(grad_fn(variables["params"]))
+                grad_fn = jax.jit(jax.grad(self._loss, has_aux=True))
+                grads, (parts, outputs, _) = jax.device_get(
+                    grad_fn(variables["params"], _without_params(variables), batch, decisions))
             self._float64 = (grads, parts, outputs)
         return self._float64
+
+
+def _without_params(variables: dict) -> dict:
+    """The non-trainable collections (BatchNorm statistics) of ``variables``."""
+    return {name: value for name, value in variables.items() if name != "params"}
 
 
 def as_float64(tree):

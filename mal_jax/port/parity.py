@@ -30,6 +30,7 @@ from mal_jax.port.checks import Check, compare_abs, compare_norm, compare_rel
 from mal_jax.port.context import GRAD_TOL, Context, eval_student
 from mal_jax.port.convert import REFERENCE_FILES, _to_flax, torch_key
 from mal_jax.port.golden import EVAL_DISPARITIES, GoldenFile, nchw_to_nhwc
+from mal_jax.train import compilation_cache
 
 
 def group_eval_teacher(ctx: Context) -> list[Check]:
@@ -269,6 +270,7 @@ def main(argv=None) -> int:
     parser.add_argument("--group", action="append", choices=list(GROUPS),
                         help="check only this group (repeatable; default: all)")
     args = parser.parse_args(argv)
+    compilation_cache.enable()  # a second check of the same file skips its ~1 min compiles
     return 0 if run(args.path, groups=tuple(args.group) if args.group else None) else 1
 
 
