@@ -29,8 +29,8 @@ from mal_jax.studies import run_scalars
 from mal_jax.train import trainer as trainer_lib
 
 # Logged scalars a curve point holds: test AbsRel per network on all pixels and on those of
-# moving objects (where self-supervision cannot reach: the floor under the all-pixel curve),
-# and the adaptive bins.
+# moving objects (the error MAL targets, a part of the all-pixel figure), and the adaptive
+# bins.
 REGIONS = ("all", "moving")
 CURVE_TAGS = tuple(f"eval/{model}/{region}/abs_rel" for model in MODELS for region in REGIONS) + (
     "min_depth_bin", "max_depth_bin")
