@@ -49,8 +49,8 @@ class Context:
         own discrete outputs before the losses are taken; the port's own are kept in the
         outputs as ``own_lowest_cost`` and ``own_consistency_mask``. Everything is an
         argument, not a closed-over constant: XLA would otherwise constant-fold every part
-        of the loss that depends on the frames alone (auto-masking's identity reprojection,
-        the pyramids) at compile time, element by element (~1 min per golden file).
+        of the loss that depends on the frames alone (auto-masking's identity reprojection
+        error, for one) at compile time, element by element (~1 min per golden file).
         """
         settings = LossSettings(tie_break_noise=False)
         outputs, updated = train_forward(
