@@ -36,6 +36,12 @@ CURVE_TAGS = tuple(f"eval/{model}/{region}/abs_rel" for model in MODELS for regi
     "min_depth_bin", "max_depth_bin")
 
 
+def _point_key(model: str, region: str) -> str:
+    """A curve point's key for one network and region: ``student_abs_rel`` (all pixels),
+    ``student_moving_abs_rel``."""
+    return f"{model}_abs_rel" if region == "all" else f"{model}_{region}_abs_rel"
+
+
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
     """The run of one seed: its seed, and an evaluation at the end of every turn."""
     run = ml_collections.ConfigDict(config.to_dict())
@@ -47,7 +53,7 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 def curve(workdir: str) -> list[dict]:
     """``[{step, <model>_abs_rel..., <model>_moving_abs_rel..., min_depth_bin, max_depth_bin}]``
     at every evaluated step of a run, read back from its logged scalars (bins: the training
-    step's values; a moving value is None where the evaluation had no moving pixels)."""
+    step's values; None where the run logged no such value)."""
     scalars = run_scalars.logged_scalars(workdir, CURVE_TAGS)
     points = []
     for step in sorted(scalars):
@@ -55,10 +61,8 @@ def curve(workdir: str) -> list[dict]:
         if f"eval/{MODELS[0]}/all/abs_rel" not in values:
             continue
         point = {"step": step}
-        point.update({f"{model}_abs_rel": values.get(f"eval/{model}/all/abs_rel")
-                      for model in MODELS})
-        point.update({f"{model}_moving_abs_rel": values.get(f"eval/{model}/moving/abs_rel")
-                      for model in MODELS})
+        point.update({_point_key(model, region): values.get(f"eval/{model}/{region}/abs_rel")
+                      for model in MODELS for region in REGIONS})
         point.update({k: values.get(k) for k in ("min_depth_bin", "max_depth_bin")})
         points.append(point)
     return points
@@ -112,7 +116,8 @@ def markdown(curves: dict, config: ml_collections.ConfigDict) -> str:
             cells.append(f"{point['min_depth_bin']:.1f}-{point['max_depth_bin']:.1f}"
                          if point and point.get("min_depth_bin") is not None else "")
         cells += [_fmt(by_seed[s].get(step), f"{MODELS[1]}_abs_rel") for s in seeds]
-        cells += [_fmt(by_seed[s].get(step), f"{m}_moving_abs_rel") for m in MODELS for s in seeds]
+        cells += [_fmt(by_seed[s].get(step), _point_key(m, "moving")) for m in MODELS
+                  for s in seeds]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     target = float(config.converge.target_abs_rel)
     common = [step for step in steps if all(step in by_seed[s] for s in seeds)]
