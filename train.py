@@ -55,5 +55,5 @@ def main(argv):
 if __name__ == "__main__":
     from mal_jax import xla_cpu
 
-    xla_cpu.restart_with_huge_pages()  # CPU: huge pages for XLA's per-step buffers
+    xla_cpu.restart_with_fast_allocator()  # CPU: tcmalloc or huge pages for XLA's per-step buffers
     app.run(main, argv=configs.resolve_config_argv(sys.argv))

@@ -8,6 +8,8 @@ import sys
 
 import jax
 
+from mal_jax import xla_cpu
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,7 +20,8 @@ def test_bench_command_reports_its_figures(tmp_path):
          "--batch_size", "2", "--steps", "1", "--no_mal", "--json", str(out),
          "--cache_dir", jax.config.jax_compilation_cache_dir],
         cwd=REPO, capture_output=True, text=True, timeout=900,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        env={**{k: v for k, v in os.environ.items() if k != "MAL_JAX_MALLOC"},
+             "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("compile_s", "images_per_s", "eval_images_per_s", "peak_memory_gib",
                  "cpu_s_per_step", "step_s"):
@@ -29,6 +32,9 @@ def test_bench_command_reports_its_figures(tmp_path):
     assert figures["cpu_s_per_step"] >= figures["sys_s_per_step"] >= 0
     assert figures["page_faults_per_step"] >= 0
     assert figures["eval_images_per_s"] > 0 and figures["peak_bytes"] > 0
+    # The command restarted itself with tcmalloc where one is installed (a CPU-only machine).
+    tcmalloc = xla_cpu._tcmalloc_library() and not xla_cpu._accelerator_installed()
+    assert figures["malloc"] == "tcmalloc" if tcmalloc else figures["malloc"].startswith("glibc")
 
 
 def test_layer_bench_lists_resnet_convolutions_and_times_both_gradients():

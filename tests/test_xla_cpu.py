@@ -1,9 +1,11 @@
 """The XLA:CPU flag set at import (added once, never over a user's own setting) and the
-entry points' restart with huge pages."""
+entry points' restart with a faster malloc."""
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 from mal_jax import xla_cpu
 
@@ -37,31 +39,51 @@ def test_importing_the_package_sets_the_flag_before_jax_starts():
 
 
 BASE = {"PATH": "/usr/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+TCMALLOC = "libtcmalloc_minimal.so.4"
 
 
 def test_huge_pages_environment_adds_the_tunable_to_the_users_own():
-    environ = xla_cpu.huge_pages_environment(BASE, (2, 36), "madvise", accelerator=False)
+    environ = xla_cpu.allocator_environment(BASE, None, (2, 36), "madvise", accelerator=False)
     assert environ == {"PATH": "/usr/bin",
                        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
     assert BASE["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"  # the caller's dict untouched
-    alone = xla_cpu.huge_pages_environment({}, (2, 35), "madvise", accelerator=False)
+    alone = xla_cpu.allocator_environment({}, None, (2, 35), "madvise", accelerator=False)
     assert alone == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
     # Restarted once: the tunable is there, so no second restart.
-    assert xla_cpu.huge_pages_environment(environ, (2, 36), "madvise", False) is None
+    assert xla_cpu.allocator_environment(environ, None, (2, 36), "madvise", False) is None
+    # Asked for glibc although tcmalloc is installed.
+    glibc = xla_cpu.allocator_environment({**BASE, "MAL_JAX_MALLOC": "glibc"}, TCMALLOC,
+                                          (2, 36), "madvise", False)
+    assert glibc["GLIBC_TUNABLES"].endswith("glibc.malloc.hugetlb=1") and "LD_PRELOAD" not in glibc
+
+
+def test_tcmalloc_goes_first_in_the_users_preloads_and_only_once():
+    environ = xla_cpu.allocator_environment({**BASE, "LD_PRELOAD": "libfoo.so"}, TCMALLOC,
+                                            (2, 36), "madvise", accelerator=False)
+    assert environ["LD_PRELOAD"] == "libtcmalloc_minimal.so.4:libfoo.so"
+    assert environ["GLIBC_TUNABLES"] == BASE["GLIBC_TUNABLES"]  # no huge-pages tunable
+    assert environ["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] == str(1 << 40)
+    assert xla_cpu.allocator_environment(environ, TCMALLOC, (2, 36), "madvise", False) is None
+    # The user's own report threshold is kept.
+    own = xla_cpu.allocator_environment({"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": "5"},
+                                        TCMALLOC, None, "never", False)
+    assert own == {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": "5", "LD_PRELOAD": TCMALLOC}
 
 
 def test_no_restart_where_it_changes_nothing_or_is_refused():
     cases = [
-        ({**BASE, "MAL_JAX_HUGEPAGES": "OFF"}, (2, 36), "madvise", False),  # opted out
-        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36), "madvise", False),  # user's own
-        (BASE, (2, 34), "madvise", False),  # glibc without the tunable
-        (BASE, None, "madvise", False),  # musl, macOS
-        (BASE, (2, 36), "always", False),  # huge pages anyway
-        (BASE, (2, 36), "never", False),  # refused by the kernel
-        (BASE, (2, 36), "madvise", True),  # GPU/TPU plugin installed: not measured there
+        ({**BASE, "MAL_JAX_MALLOC": "OFF"}, TCMALLOC, (2, 36), "madvise", False),  # opted out
+        ({**BASE, "LD_PRELOAD": "/opt/libjemalloc.so.2"}, TCMALLOC, (2, 36), "madvise",
+         False),  # the user's own malloc
+        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, None, (2, 36), "madvise", False),
+        (BASE, None, (2, 34), "madvise", False),  # glibc without the tunable
+        (BASE, None, None, "madvise", False),  # musl, macOS
+        (BASE, None, (2, 36), "always", False),  # huge pages anyway
+        (BASE, None, (2, 36), "never", False),  # refused by the kernel
+        (BASE, TCMALLOC, (2, 36), "madvise", True),  # GPU/TPU plugin installed: not measured
     ]
-    for environ, glibc, mode, accelerator in cases:
-        assert xla_cpu.huge_pages_environment(environ, glibc, mode, accelerator) is None
+    for environ, tcmalloc, glibc, mode, accelerator in cases:
+        assert xla_cpu.allocator_environment(environ, tcmalloc, glibc, mode, accelerator) is None
 
 
 def test_thp_mode_reads_the_bracketed_word(tmp_path):
@@ -71,24 +93,55 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
     assert xla_cpu._thp_mode(str(tmp_path / "missing")) == "never"
 
 
-def test_restart_runs_the_same_command_once_with_the_tunable(tmp_path):
-    """A script that restarts: where this machine qualifies it runs twice, the second time
-    with the tunable and the same arguments; elsewhere once, unchanged."""
+def _run_restarting_script(tmp_path, env):
     script = tmp_path / "entry.py"
     script.write_text(
         "import os, sys\n"
         "from mal_jax import xla_cpu\n"
-        "print('run', os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:], flush=True)\n"
-        "xla_cpu.restart_with_huge_pages()\n"
+        "print('run', os.environ.get('LD_PRELOAD', '') or os.environ.get('GLIBC_TUNABLES', ''),"
+        " sys.argv[1:], flush=True)\n"
+        "xla_cpu.restart_with_fast_allocator()\n"
         "print('done', flush=True)\n")
+    return subprocess.run([sys.executable, str(script), "--flag=1"], env=env,
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_restart_runs_the_same_command_once_with_the_allocator(tmp_path):
+    """A script that restarts: where this machine qualifies it runs twice, the second time
+    with tcmalloc preloaded (or the tunable) and the same arguments; elsewhere once."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("GLIBC_TUNABLES", "MAL_JAX_HUGEPAGES")}
-    out = subprocess.run([sys.executable, str(script), "--flag=1"], env=env,
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    qualifies = xla_cpu.huge_pages_environment(
-        env, xla_cpu._glibc_version(), xla_cpu._thp_mode(),
-        xla_cpu._accelerator_installed()) is not None
-    if qualifies:
-        assert out == ["run  ['--flag=1']", "run glibc.malloc.hugetlb=1 ['--flag=1']", "done"]
-    else:
+           if k not in ("GLIBC_TUNABLES", "MAL_JAX_MALLOC", "LD_PRELOAD")}
+    out = _run_restarting_script(tmp_path, env)
+    restart = xla_cpu.allocator_environment(
+        env, xla_cpu._tcmalloc_library(), xla_cpu._glibc_version(), xla_cpu._thp_mode(),
+        xla_cpu._accelerator_installed())
+    if restart is None:
         assert out == ["run  ['--flag=1']", "done"]
+    else:
+        chosen = restart.get("LD_PRELOAD") or restart["GLIBC_TUNABLES"]
+        assert out == ["run  ['--flag=1']", f"run {chosen} ['--flag=1']", "done"]
+
+
+def test_preloaded_tcmalloc_runs_jax(tmp_path):
+    """Where tcmalloc is installed, the restarted process really loads it and computes."""
+    library = xla_cpu._tcmalloc_library()
+    if library is None:  # .ci/run installs it where it can
+        pytest.skip("no tcmalloc installed (Debian: libtcmalloc-minimal4)")
+    env = {**os.environ, "LD_PRELOAD": library}
+    code = ("import jax.numpy as jnp; print(float(jnp.ones((512, 512)).sum())); "
+            "print(any('tcmalloc' in line for line in open('/proc/self/maps')))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["262144.0", "True"]
+
+
+def test_allocator_in_use_reads_the_mapped_libraries(tmp_path, monkeypatch):
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/libtcmalloc_minimal.so.4.5.10\n")
+    assert xla_cpu.allocator_in_use(str(maps)) == "tcmalloc"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/libc.so.6\n")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert xla_cpu.allocator_in_use(str(maps)) == "glibc+hugetlb"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert xla_cpu.allocator_in_use(str(maps)) == "glibc"
+    assert xla_cpu.allocator_in_use(str(tmp_path / "missing")) == "unknown"

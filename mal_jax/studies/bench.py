@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from configs import kitti_mal
+from mal_jax import xla_cpu
 from mal_jax.data.synthetic import intrinsics_pyramid
 from mal_jax.eval.inference import make_batch_predictor
 from mal_jax.studies import profile_step
@@ -163,7 +164,7 @@ def benchmark(height: int, width: int, batch_size: int, steps: int, mal: bool):
               "images_per_s": batch_size / median,
               "batch_to_device_s": time.perf_counter() - tic,
               "loss": float(metrics["loss"]), "device": jax.devices()[0].device_kind,
-              "num_devices": jax.device_count()}
+              "num_devices": jax.device_count(), "malloc": xla_cpu.allocator_in_use()}
     result["eval_images_per_s"] = eval_images_per_s(model, variables, height, width,
                                                     batch_size, steps)
     result["peak_bytes"], result["peak_kind"] = peak_memory_bytes()
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
     if first is not None:
         result["compile_first_s"] = first["compile_s"]
         result["cache_entries_written_by_first"] = first["new_cache_entries"]
-    print(f"device: {result['num_devices']} x {result['device']}")
+    print(f"device: {result['num_devices']} x {result['device']}; malloc: {result['malloc']}")
     print(f"model: ResNet-18, 96 bins, {'ManyDepth' if args.no_mal else 'ManyDepth+MAL'}, "
           f"{args.batch_size}x{args.height}x{args.width}")
     if first is not None:
@@ -258,7 +259,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from mal_jax import xla_cpu
-
-    xla_cpu.restart_with_huge_pages()  # as train.py: the step is timed as training runs it
+    xla_cpu.restart_with_fast_allocator()  # as train.py: the step is timed as training runs it
     sys.exit(main())

@@ -188,7 +188,7 @@ if __name__ == "__main__":
 
     from mal_jax import xla_cpu
 
-    xla_cpu.restart_with_huge_pages()  # CPU: huge pages for XLA's per-step buffers
+    xla_cpu.restart_with_fast_allocator()  # CPU: tcmalloc or huge pages for XLA's per-step buffers
 
     config_flags.DEFINE_config_file("config", None, "e.g. configs/converge.py")
     flags.DEFINE_string("workdir", None, "folder of the per-seed runs (outside git)")
