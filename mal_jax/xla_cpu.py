@@ -22,6 +22,7 @@ import importlib.util
 import os
 import platform
 import sys
+from collections.abc import Callable
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # Environment variable: "on" keeps jaxlib's YNNPACK fusions (its default).
@@ -43,7 +44,7 @@ def prefer_xla_convolutions(environ=os.environ) -> bool:
 # batch 4, in blocks of 37-690 MB); glibc maps blocks that large fresh from the kernel, which
 # faults in and zeroes every 4 KiB page on each step: ~170k page faults and 0.30-0.34 s of
 # system time per step. tcmalloc keeps freed blocks for the next step: ~0.01 s of system
-# time, the step 1.77-1.92 s -> 1.56-1.60 s (three paired rounds, 2026-12-07 evening). Where
+# time, the step 1.67-1.92 s -> 1.56-1.63 s (five paired rounds, 2026-12-07 evening). Where
 # no tcmalloc is installed, glibc's own tunable for transparent huge pages: 0.9-1.5k faults,
 # 0.21-0.31 s, the step 3.6% faster (five paired rounds). Both measured with
 # ``python -m mal_jax.studies.bench ...``, which prints the faults and system time (README,
@@ -63,18 +64,20 @@ MALLOC_ENV = "MAL_JAX_MALLOC"
 ACCELERATOR_MODULES = ("jax_plugins", "libtpu")
 
 
-def allocator_environment(environ, tcmalloc: str | None,
+def allocator_environment(environ, find_tcmalloc: Callable[[], str | None],
                           glibc_version: tuple[int, ...] | None, thp_mode: str,
                           accelerator: bool) -> dict | None:
     """The environment to restart with, or None where a restart changes nothing or was not
-    asked for. ``tcmalloc`` (a library name or path, None when not installed) goes first in
-    LD_PRELOAD unless ``MAL_JAX_MALLOC=glibc``; otherwise glibc's huge-pages tunable, see
+    asked for. The library ``find_tcmalloc()`` names (None when not installed; looked up only
+    where it matters, not again in the restarted process) goes first in LD_PRELOAD unless
+    ``MAL_JAX_MALLOC=glibc``; otherwise glibc's huge-pages tunable, see
     ``huge_pages_environment``. None with ``MAL_JAX_MALLOC=off``, an accelerator plugin, or a
     malloc already in LD_PRELOAD (the user's choice, or this restart's)."""
     choice = environ.get(MALLOC_ENV, "").strip().lower()
     if choice == "off" or accelerator or "malloc" in environ.get(PRELOAD_ENV, ""):
         return None
-    if tcmalloc and choice != "glibc":
+    tcmalloc = find_tcmalloc() if choice != "glibc" else None
+    if tcmalloc:
         preload = ":".join(filter(None, (tcmalloc, environ.get(PRELOAD_ENV, ""))))
         return {TCMALLOC_REPORT_ENV: TCMALLOC_REPORT_BYTES, **environ, PRELOAD_ENV: preload}
     return huge_pages_environment(environ, glibc_version, thp_mode)
@@ -92,7 +95,7 @@ def huge_pages_environment(environ, glibc_version: tuple[int, ...] | None,
     return {**environ, TUNABLES_ENV: ":".join(filter(None, (tunables, HUGE_PAGES_TUNABLE)))}
 
 
-def _tcmalloc_library() -> str | None:
+def tcmalloc_library() -> str | None:
     """The installed tcmalloc's shared-library name (the loader finds it by that name), or
     None."""
     for name in TCMALLOC_LIBRARIES:
@@ -129,7 +132,7 @@ def restart_with_fast_allocator() -> None:
     or glibc's huge-pages tunable, where ``allocator_environment`` says it helps; otherwise
     return. Call it first thing in a command's ``__main__`` block, before anything starts
     threads or a backend."""
-    environ = allocator_environment(os.environ, _tcmalloc_library(), _glibc_version(),
+    environ = allocator_environment(os.environ, tcmalloc_library, _glibc_version(),
                                     _thp_mode(), _accelerator_installed())
     if environ is None or not sys.executable:  # an embedded interpreter: nothing to re-run
         return

@@ -33,7 +33,7 @@ def test_bench_command_reports_its_figures(tmp_path):
     assert figures["page_faults_per_step"] >= 0
     assert figures["eval_images_per_s"] > 0 and figures["peak_bytes"] > 0
     # The command restarted itself with tcmalloc where one is installed (a CPU-only machine).
-    tcmalloc = xla_cpu._tcmalloc_library() and not xla_cpu._accelerator_installed()
+    tcmalloc = xla_cpu.tcmalloc_library() and not xla_cpu._accelerator_installed()
     assert figures["malloc"] == "tcmalloc" if tcmalloc else figures["malloc"].startswith("glibc")
 
 

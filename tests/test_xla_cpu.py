@@ -40,47 +40,53 @@ def test_importing_the_package_sets_the_flag_before_jax_starts():
 
 BASE = {"PATH": "/usr/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
 TCMALLOC = "libtcmalloc_minimal.so.4"
+FOUND, NONE = (lambda: TCMALLOC), (lambda: None)  # what the library lookup returns
 
 
 def test_huge_pages_environment_adds_the_tunable_to_the_users_own():
-    environ = xla_cpu.allocator_environment(BASE, None, (2, 36), "madvise", accelerator=False)
+    environ = xla_cpu.allocator_environment(BASE, NONE, (2, 36), "madvise", accelerator=False)
     assert environ == {"PATH": "/usr/bin",
                        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
     assert BASE["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"  # the caller's dict untouched
-    alone = xla_cpu.allocator_environment({}, None, (2, 35), "madvise", accelerator=False)
+    alone = xla_cpu.allocator_environment({}, NONE, (2, 35), "madvise", accelerator=False)
     assert alone == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
     # Restarted once: the tunable is there, so no second restart.
-    assert xla_cpu.allocator_environment(environ, None, (2, 36), "madvise", False) is None
+    assert xla_cpu.allocator_environment(environ, NONE, (2, 36), "madvise", False) is None
     # Asked for glibc although tcmalloc is installed.
-    glibc = xla_cpu.allocator_environment({**BASE, "MAL_JAX_MALLOC": "glibc"}, TCMALLOC,
+    glibc = xla_cpu.allocator_environment({**BASE, "MAL_JAX_MALLOC": "glibc"}, FOUND,
                                           (2, 36), "madvise", False)
     assert glibc["GLIBC_TUNABLES"].endswith("glibc.malloc.hugetlb=1") and "LD_PRELOAD" not in glibc
 
 
 def test_tcmalloc_goes_first_in_the_users_preloads_and_only_once():
-    environ = xla_cpu.allocator_environment({**BASE, "LD_PRELOAD": "libfoo.so"}, TCMALLOC,
+    environ = xla_cpu.allocator_environment({**BASE, "LD_PRELOAD": "libfoo.so"}, FOUND,
                                             (2, 36), "madvise", accelerator=False)
     assert environ["LD_PRELOAD"] == "libtcmalloc_minimal.so.4:libfoo.so"
     assert environ["GLIBC_TUNABLES"] == BASE["GLIBC_TUNABLES"]  # no huge-pages tunable
     assert environ["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] == str(1 << 40)
-    assert xla_cpu.allocator_environment(environ, TCMALLOC, (2, 36), "madvise", False) is None
+    assert xla_cpu.allocator_environment(environ, FOUND, (2, 36), "madvise", False) is None
+
+    def no_lookup():
+        raise AssertionError("the restarted process looked the library up again")
+
+    assert xla_cpu.allocator_environment(environ, no_lookup, (2, 36), "madvise", False) is None
     # The user's own report threshold is kept.
     own = xla_cpu.allocator_environment({"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": "5"},
-                                        TCMALLOC, None, "never", False)
+                                        FOUND, None, "never", False)
     assert own == {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": "5", "LD_PRELOAD": TCMALLOC}
 
 
 def test_no_restart_where_it_changes_nothing_or_is_refused():
     cases = [
-        ({**BASE, "MAL_JAX_MALLOC": "OFF"}, TCMALLOC, (2, 36), "madvise", False),  # opted out
-        ({**BASE, "LD_PRELOAD": "/opt/libjemalloc.so.2"}, TCMALLOC, (2, 36), "madvise",
+        ({**BASE, "MAL_JAX_MALLOC": "OFF"}, FOUND, (2, 36), "madvise", False),  # opted out
+        ({**BASE, "LD_PRELOAD": "/opt/libjemalloc.so.2"}, FOUND, (2, 36), "madvise",
          False),  # the user's own malloc
-        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, None, (2, 36), "madvise", False),
-        (BASE, None, (2, 34), "madvise", False),  # glibc without the tunable
-        (BASE, None, None, "madvise", False),  # musl, macOS
-        (BASE, None, (2, 36), "always", False),  # huge pages anyway
-        (BASE, None, (2, 36), "never", False),  # refused by the kernel
-        (BASE, TCMALLOC, (2, 36), "madvise", True),  # GPU/TPU plugin installed: not measured
+        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, NONE, (2, 36), "madvise", False),
+        (BASE, NONE, (2, 34), "madvise", False),  # glibc without the tunable
+        (BASE, NONE, None, "madvise", False),  # musl, macOS
+        (BASE, NONE, (2, 36), "always", False),  # huge pages anyway
+        (BASE, NONE, (2, 36), "never", False),  # refused by the kernel
+        (BASE, FOUND, (2, 36), "madvise", True),  # GPU/TPU plugin installed: not measured
     ]
     for environ, tcmalloc, glibc, mode, accelerator in cases:
         assert xla_cpu.allocator_environment(environ, tcmalloc, glibc, mode, accelerator) is None
@@ -113,7 +119,7 @@ def test_restart_runs_the_same_command_once_with_the_allocator(tmp_path):
            if k not in ("GLIBC_TUNABLES", "MAL_JAX_MALLOC", "LD_PRELOAD")}
     out = _run_restarting_script(tmp_path, env)
     restart = xla_cpu.allocator_environment(
-        env, xla_cpu._tcmalloc_library(), xla_cpu._glibc_version(), xla_cpu._thp_mode(),
+        env, xla_cpu.tcmalloc_library, xla_cpu._glibc_version(), xla_cpu._thp_mode(),
         xla_cpu._accelerator_installed())
     if restart is None:
         assert out == ["run  ['--flag=1']", "done"]
@@ -124,7 +130,7 @@ def test_restart_runs_the_same_command_once_with_the_allocator(tmp_path):
 
 def test_preloaded_tcmalloc_runs_jax(tmp_path):
     """Where tcmalloc is installed, the restarted process really loads it and computes."""
-    library = xla_cpu._tcmalloc_library()
+    library = xla_cpu.tcmalloc_library()
     if library is None:  # .ci/run installs it where it can
         pytest.skip("no tcmalloc installed (Debian: libtcmalloc-minimal4)")
     env = {**os.environ, "LD_PRELOAD": library}
