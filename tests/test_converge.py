@@ -74,5 +74,11 @@ def test_seeds_train_in_turns_and_a_rerun_continues(tmp_path):
     checkpoints = {seed: os.path.join(workdir, f"seed_{seed}", "checkpoints") for seed in (0, 1)}
     before = {seed: sorted(os.listdir(path)) for seed, path in checkpoints.items()}
     assert all("4" in names for names in before.values())
-    assert converge.run_converge(config, workdir, results) == curves
+    elsewhere = str(tmp_path / "elsewhere")
+    assert converge.run_converge(config, workdir, elsewhere) == curves
     assert {seed: sorted(os.listdir(path)) for seed, path in checkpoints.items()} == before
+    # ... and writes the finished study's files where that rerun asks.
+    with open(os.path.join(elsewhere, "converge_curve.json")) as handle:
+        assert json.load(handle) == {str(k): v for k, v in curves.items()}
+    with open(os.path.join(elsewhere, "converge.md")) as handle:
+        assert handle.read() == converge.markdown(curves, config)

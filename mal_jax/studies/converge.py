@@ -82,19 +82,19 @@ def run_converge(config: ml_collections.ConfigDict, workdir: str,
         else:
             runs[seed].reuse_programs(first)
     chunk = int(config.converge.chunk_steps)
-    curves = {}
     while True:
         pending = [seed for seed in seeds
                    if (runs[seed].manager.latest_step() or 0) < runs[seed].num_steps]
+        curves = {seed: curve(runs[seed].workdir) for seed in seeds}
+        # Also when nothing is left to train: rerunning a finished study with another
+        # --results_dir must write its files there.
+        write_results(curves, config, results_dir or workdir)
         if not pending:
-            break
+            return curves
         for seed in pending:
             run = runs[seed]
             done = run.manager.latest_step() or 0
             run.run(min((done // chunk + 1) * chunk, run.num_steps))
-        curves = {seed: curve(runs[seed].workdir) for seed in seeds}
-        write_results(curves, config, results_dir or workdir)
-    return curves or {seed: curve(runs[seed].workdir) for seed in seeds}
 
 
 def markdown(curves: dict, config: ml_collections.ConfigDict) -> str:
